@@ -1,0 +1,142 @@
+"""The episodic DataModule: class stores and episode samplers for train / val / test."""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lightning_meta.data.sampler import EpisodeSampler, EpisodeSchedule
+from lightning_meta.data.store import ClassStore, DataError
+from lightning_meta.episode import Episode, collate_episodes
+
+SUBSETS = ("train", "val", "test")
+
+# Lightning warns that a mid-epoch checkpoint cannot resume a loader without `state_dict`; ours needs none:
+# the EpisodeSchedule derives its position from the batch count that Lightning itself restores.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+
+
+class EpisodicDataModule(pl.LightningDataModule, ABC):
+    """Episodes over the class stores a subclass provides (``build_store``).
+
+    Training episodes are ``n_way``-way ``k_shot``-shot with ``n_query`` queries per class, ``tasks_per_batch``
+    of them per training step and ``batches_per_epoch`` steps per epoch; they change every epoch and are
+    drawn from ``seed``. Validation and test episodes have their own shape (``eval_*``, defaulting to the
+    training one) and are fixed: they depend only on ``eval_seed``, so every run is scored on the same ones.
+    """
+
+    def __init__(
+        self,
+        n_way: int = 5,
+        k_shot: int = 1,
+        n_query: int = 15,
+        tasks_per_batch: int = 1,
+        eval_n_way: int | None = None,
+        eval_k_shot: int | None = None,
+        eval_n_query: int | None = None,
+        eval_tasks_per_batch: int = 10,
+        batches_per_epoch: int = 500,
+        val_episodes: int = 200,
+        test_episodes: int = 1000,
+        within_group: bool = False,
+        seed: int = 0,
+        eval_seed: int = 0,
+        train_transform: Callable[[Tensor], Tensor] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("tasks_per_batch", tasks_per_batch), ("eval_tasks_per_batch", eval_tasks_per_batch),
+                            ("batches_per_epoch", batches_per_epoch), ("val_episodes", val_episodes),
+                            ("test_episodes", test_episodes)):
+            if value < 1:
+                raise DataError(f"data.{name} must be at least 1 (got {value})")
+        self.shapes = {
+            "train": (n_way, k_shot, n_query),
+            "val": (eval_n_way or n_way, eval_k_shot or k_shot, eval_n_query or n_query),
+        }
+        self.shapes["test"] = self.shapes["val"]
+        self.tasks_per_batch, self.eval_tasks_per_batch = tasks_per_batch, eval_tasks_per_batch
+        self.batches_per_epoch = batches_per_epoch
+        self.num_episodes = {"val": val_episodes, "test": test_episodes}
+        self.within_group, self.seed, self.eval_seed = within_group, seed, eval_seed
+        self.train_transform, self.num_workers = train_transform, num_workers
+        self.mean = None if mean is None else torch.tensor(mean).view(-1, 1, 1)
+        self.std = None if std is None else torch.tensor(std).view(-1, 1, 1)
+        self.samplers: dict[str, EpisodeSampler] = {}
+
+    @abstractmethod
+    def build_store(self, subset: str) -> ClassStore:
+        """The class store of ``subset`` ('train', 'val' or 'test')."""
+
+    @property
+    @abstractmethod
+    def image_shape(self) -> tuple[int, ...]:
+        """The shape of one input, e.g. (1, 28, 28), known before any data is read."""
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """Dataset and split, e.g. 'omniglot/vinyals'."""
+
+    def describe(self, subset: str = "test") -> str:
+        n, k, _ = self.shapes[subset]
+        episodes = self.num_episodes.get(subset, self.batches_per_epoch * self.tasks_per_batch)
+        within = ", within-group" if self.within_group else ""
+        return f"{self.name}, {n}-way {k}-shot{within}, {episodes} episodes"
+
+    def setup(self, stage: str) -> None:
+        subsets = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, SUBSETS)
+        for subset in subsets:
+            if subset not in self.samplers:
+                n, k, q = self.shapes[subset]
+                self.samplers[subset] = EpisodeSampler(
+                    self.build_store(subset), subset, n, k, q,
+                    seed=self.seed if subset == "train" else self.eval_seed,
+                    within_group=self.within_group,
+                    transform=self.train_transform if subset == "train" else None,
+                )  # fmt: skip
+
+    def _loader(self, subset: str) -> DataLoader:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        train = subset == "train"
+        batch = self.tasks_per_batch if train else self.eval_tasks_per_batch
+        episodes = self.batches_per_epoch * batch * world if train else self.num_episodes[subset]
+        schedule = EpisodeSchedule(episodes, batch, rank, world, self._trained_batches if train else None)
+        return DataLoader(self.samplers[subset], batch_size=batch, sampler=schedule, collate_fn=collate_episodes,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def to_float(self, images: Tensor) -> Tensor:
+        """uint8 images to floats in [0, 1], then per-channel normalisation if mean and std are set."""
+        if images.dtype != torch.uint8:
+            return images
+        x = images.float().div_(255)
+        if self.mean is not None:
+            x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return x
+
+    def on_after_batch_transfer(self, batch: Episode, dataloader_idx: int) -> Episode:
+        batch.support, batch.query = self.to_float(batch.support), self.to_float(batch.query)
+        return batch
+
+    def _trained_batches(self) -> int:
+        """Training batches done so far; Lightning restores the count from a checkpoint, so a resumed run
+        continues with the very next episode."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.total.processed

@@ -1,0 +1,22 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("LIGHTNING_META_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The shared data folder (``$LIGHTNING_META_DATA``, else ``../shared/data``) with Omniglot in it."""
+    if not (DATA / "omniglot" / "images_background.zip").exists():
+        pytest.skip(f"Omniglot not found under {DATA}; set LIGHTNING_META_DATA to a folder holding omniglot/")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def omniglot(data_root):
+    from lightning_meta.data.omniglot import load_characters
+
+    return load_characters(data_root)

@@ -1,0 +1,152 @@
+"""train.py end to end, as a user runs it: a subprocess per command."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+OMNIGLOT_TINY = TINY + ["--data.n_way", "5", "--data.batches_per_epoch", "4", "--data.val_episodes", "10",
+                        "--data.test_episodes", "20", "--data.eval_tasks_per_batch", "10"]
+
+
+def train(*args, data_root=None, log_root=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if data_root is not None:
+        env["LIGHTNING_META_DATA"] = str(data_root)
+    command = [sys.executable, str(ROOT / "train.py"), *map(str, args)]
+    if log_root is not None:
+        command += ["--log_root", str(log_root)]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_fit_test_resume_and_test_only_on_omniglot(data_root, tmp_path):
+    logs = tmp_path / "logs"
+    out = ok(train("--config", "proto.yaml", "--trainer.max_steps", 6, "--checkpoint_every", 2, *OMNIGLOT_TINY,
+                   data_root=data_root, log_root=logs))
+    assert re.search(r"^test/acc \d+\.\d\d ± \d+\.\d\d  \(omniglot/vinyals, 5-way 1-shot, 20 episodes\)$", out, re.M)
+    run = logs / "proto" / "version_0"
+    assert (run / "config.yaml").exists() and list(run.glob("events.out.tfevents.*"))
+    assert state(run / "checkpoints" / "last.ckpt")["global_step"] == 6
+    assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
+
+    ok(train("--config", "proto.yaml", "--trainer.max_steps", 10, "--ckpt_path", "last", *OMNIGLOT_TINY,
+             data_root=data_root, log_root=logs))
+    assert not (logs / "proto" / "version_1").exists()  # resumed into the same run folder
+    assert (run / "config_resumed1.yaml").exists() and (run / "config.yaml").exists()
+    assert state(run / "checkpoints" / "last.ckpt")["global_step"] == 10
+
+    out = ok(train("--config", "proto.yaml", "--ckpt_path", run / "checkpoints" / "last.ckpt", "--test_only", "true",
+                   *OMNIGLOT_TINY, data_root=data_root, log_root=logs))
+    assert re.search(r"^test/acc \d+\.\d\d ± \d+\.\d\d  \(omniglot/vinyals", out, re.M)
+
+
+def test_resume_mid_epoch_is_bitwise_exact(tmp_path):
+    """12 steps in one run equal 7 steps, then resume, then 5 more (epochs of 5 steps: 7 is mid-epoch)."""
+    common = ["--config", "proto_synthetic.yaml", "--data.batches_per_epoch", 5, "--checkpoint_every", 100, *TINY]
+    ok(train(*common, "--trainer.max_steps", 12, log_root=tmp_path / "a"))
+    ok(train(*common, "--trainer.max_steps", 7, log_root=tmp_path / "b"))
+    ok(train(*common, "--trainer.max_steps", 12, "--ckpt_path", "last", log_root=tmp_path / "b"))
+    a = state(tmp_path / "a" / "proto_synthetic" / "version_0" / "checkpoints" / "last.ckpt")
+    b = state(tmp_path / "b" / "proto_synthetic" / "version_0" / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 12
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    adam_a, adam_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert all(torch.equal(adam_a[i]["exp_avg"], adam_b[i]["exp_avg"]) for i in adam_a)
+
+
+def test_same_config_and_seed_give_the_same_numbers(tmp_path):
+    runs = [ok(train("--config", "proto_synthetic.yaml", "--trainer.max_steps", 5, *TINY, log_root=tmp_path / s))
+            for s in ("a", "b")]
+    line = [re.search(r"^test/acc .*$", r, re.M)[0] for r in runs]
+    assert line[0] == line[1]
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")} if folder.exists() else {}
+
+
+def one_line_error(result: subprocess.CompletedProcess, pattern: str) -> None:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.fixture(scope="module")
+def protonet_run(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("logs")
+    ok(train("--config", "proto_synthetic.yaml", "--trainer.max_steps", 2, *TINY, log_root=logs))
+    return logs
+
+
+BAD_INPUT = {
+    "unknown key": (["--data.n_wya", 5], r"OmniglotDataModule has no setting 'n_wya'"),
+    "wrong type": (["--model.lr", "fast"], r"setting 'lr' must be a float"),
+    "negative lr": (["--model.lr", "-0.1"], r"model.lr must be positive"),
+    "more ways than classes": (["--data.n_way", 5000], r"n_way = 5000 but the split has only 4112 classes"),
+    "shots and queries over the drawings": (["--data.k_shot", 10, "--data.n_query", 15],
+                                            r"k_shot \+ n_query = 25 but every class has only 20 items"),
+    "one way": (["--data.n_way", 1], r"need n_way >= 2"),
+    "image too small": (["--data.image_size", 8], r"needs at least 16x16 pixels"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_config_is_one_line_before_training(case, data_root, protonet_run):
+    args, pattern = BAD_INPUT[case]
+    before = snapshot(protonet_run)
+    one_line_error(train("--config", "proto.yaml", *args, data_root=data_root, log_root=protonet_run), pattern)
+    assert snapshot(protonet_run) == before
+
+
+def test_data_root_without_data(tmp_path):
+    result = train("--config", "proto.yaml", "--data.download", "false", data_root=tmp_path,
+                   log_root=tmp_path / "logs")
+    one_line_error(result, r"Omniglot not found.*data.download: true")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_unknown_config_key_in_a_yaml_file(tmp_path):
+    config = (ROOT / "configs" / "proto_synthetic.yaml").read_text().replace("n_query: 5", "n_queries: 5")
+    (tmp_path / "typo.yaml").write_text(config)
+    one_line_error(train("--config", tmp_path / "typo.yaml", log_root=tmp_path / "logs"), r"no setting 'n_queries'")
+
+
+@pytest.mark.parametrize("damage", ["other algorithm", "other backbone", "truncated"])
+def test_bad_checkpoint_is_rejected_and_nothing_is_touched(damage, protonet_run, tmp_path):
+    good = protonet_run / "proto_synthetic" / "version_0" / "checkpoints" / "last.ckpt"
+    bad = tmp_path / "bad.ckpt"
+    args = []
+    if damage == "other algorithm":
+        checkpoint = state(good)
+        checkpoint["lightning_meta"]["algorithm"] = "maml"
+        torch.save(checkpoint, bad)
+        pattern = r"written by maml, not protonet"
+    elif damage == "other backbone":
+        bad = good
+        args = ["--model.hidden", 32]
+        pattern = r"another architecture"
+    else:
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+        pattern = r"cannot be read .*truncated"
+    before = snapshot(protonet_run)
+    one_line_error(train("--config", "proto_synthetic.yaml", "--ckpt_path", bad, *args, *TINY, log_root=protonet_run),
+                   pattern)
+    assert snapshot(protonet_run) == before

@@ -1,0 +1,147 @@
+"""Train a meta-learner, then test its best checkpoint on fixed test episodes.
+
+    python train.py --config configs/proto.yaml                  # fit, then test the best checkpoint
+    python train.py --config proto.yaml --model.lr 1e-4          # bare names are looked up in configs/
+    python train.py --config configs/proto.yaml --ckpt_path last # resume the latest run of this config
+    python train.py --config configs/proto.yaml --ckpt_path PATH --test_only
+    python train.py --config configs/proto.yaml --print_config
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import warnings
+from pathlib import Path
+
+from jsonargparse import ArgumentError
+from pytorch_lightning import Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from lightning_meta import ConfigError, EpisodicDataModule, MetaLearner
+from lightning_meta.checkpoint import LastCheckpoint, read_checkpoint
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
+
+
+class MetaCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.image_shape", "model.init_args.image_shape", apply_on="instantiate")
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="'last' resumes the latest run of this config; a path resumes from that file")
+        parser.add_argument("--test_only", type=bool, default=False, help="only test the checkpoint in --ckpt_path")
+        parser.add_argument("--checkpoint_every", type=int, default=500, help="write last.ckpt every this many steps")
+        parser.add_argument("--log_root", type=str, default="lightning_logs", help="where runs are written")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """Checks data and checkpoint first, so that bad input is one line before anything is written."""
+        self.run_name = config_name(self.config)
+        self.ckpt_path, version = resolve_ckpt_path(self.config.ckpt_path, self.config.log_root, self.run_name)
+        if self.ckpt_path is not None:
+            read_checkpoint(self.ckpt_path, self.model)
+        elif self.config.test_only:
+            raise ConfigError("--test_only needs a checkpoint: add --ckpt_path PATH (or --ckpt_path last)")
+        if rank_zero_only.rank == 0:
+            self.datamodule.prepare_data()
+        self.datamodule.setup("test" if self.config.test_only else "fit")
+        if self.config.test_only:
+            return super().instantiate_trainer(logger=False, **kwargs)
+        logger = TensorBoardLogger(self.config.log_root, name=self.run_name, version=version, default_hp_metric=False)
+        if version is not None:  # resuming into the same run folder: keep its config.yaml, add one beside it
+            self.save_config_kwargs["config_filename"] = free_name(Path(logger.log_dir), "config_resumed", ".yaml")
+        checkpoints = Path(logger.log_dir) / "checkpoints"  # explicit, so a resumed run recognises its own files
+        self.checkpoint = ModelCheckpoint(checkpoints, monitor="val/acc", mode="max",
+                                          filename="best-{step}-{val/acc:.2f}", auto_insert_metric_name=False)
+        last = LastCheckpoint(checkpoints, every_n_train_steps=self.config.checkpoint_every)
+        return super().instantiate_trainer(logger=logger, callbacks=[self.checkpoint, last], **kwargs)
+
+
+def config_name(config) -> str:
+    configs = config.get("config") or []
+    return Path(str(configs[0])).stem if configs else "default"
+
+
+def resolve_ckpt_path(ckpt_path: str | None, log_root: str, name: str) -> tuple[str | None, int | None]:
+    """The checkpoint file to resume from and the TensorBoard version folder to keep logging into."""
+    if ckpt_path is None:
+        return None, None
+    if ckpt_path == "last":
+        runs = sorted(Path(log_root, name).glob("version_*/checkpoints/last.ckpt"),
+                      key=lambda p: int(p.parents[1].name.removeprefix("version_")))
+        if not runs:
+            raise ConfigError(f"--ckpt_path last: no run of '{name}' with a last.ckpt under {log_root}/{name}; "
+                              f"start a new run without --ckpt_path")
+        return str(runs[-1]), int(runs[-1].parents[1].name.removeprefix("version_"))
+    path = Path(ckpt_path)
+    in_run = path.parent.name == "checkpoints" and path.parents[1].name.startswith("version_")
+    return ckpt_path, int(path.parents[1].name.removeprefix("version_")) if in_run else None
+
+
+def free_name(folder: Path, stem: str, suffix: str) -> str:
+    k = 1
+    while (folder / f"{stem}{k}{suffix}").exists():
+        k += 1
+    return f"{stem}{k}{suffix}"
+
+
+def find_config(args: list[str]) -> list[str]:
+    """Lets ``--config proto.yaml`` name a file in configs/."""
+    args = list(args)
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--config" and not Path(args[i + 1]).exists() and (CONFIGS / args[i + 1]).exists():
+            args[i + 1] = str(CONFIGS / args[i + 1])
+    return args
+
+
+def explain(error: ArgumentError) -> str:
+    """jsonargparse's message, shortened to the key at fault where it names one."""
+    message = " ".join(str(error).split())
+    unknown = re.search(r"class_path '[\w.]*?(\w+)': Option '([\w.]+)' is not accepted", message)
+    if unknown:
+        return f"{unknown[1]} has no setting '{unknown[2]}'; check its spelling (--print_config lists every setting)"
+    wrong_type = re.search(r"class_path '[\w.]*?(\w+)': Parser key \"([\w.]+)\": Expected a <class '(\w+)'>\. "
+                           r"Got value: (.*?) - ", message)
+    if wrong_type:
+        return f"{wrong_type[1]} setting '{wrong_type[2]}' must be a {wrong_type[3]}, not '{wrong_type[4]}'"
+    return message
+
+
+def config_error_in(error: BaseException | None) -> ConfigError | None:
+    """The ConfigError behind an exception, if any (jsonargparse wraps those raised while instantiating)."""
+    while error is not None and not isinstance(error, ConfigError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def main(args: list[str] | None = None) -> dict[str, float]:
+    cli = MetaCLI(MetaLearner, EpisodicDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                  args=find_config(sys.argv[1:] if args is None else args), run=False,
+                  parser_kwargs={"exit_on_error": False}, save_config_kwargs={"overwrite": False})
+    model, data, trainer = cli.model, cli.datamodule, cli.trainer
+    if cli.config.test_only:
+        trainer.test(model, datamodule=data, ckpt_path=cli.ckpt_path, weights_only=True, verbose=False)
+    else:
+        trainer.fit(model, datamodule=data, ckpt_path=cli.ckpt_path, weights_only=True)
+        best = cli.checkpoint.best_model_path or None
+        trainer.test(model, datamodule=data, ckpt_path=best, weights_only=True, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero:
+        print(f"test/acc {metrics['test/acc']:.2f} ± {metrics['test/acc_ci95']:.2f}  ({data.describe('test')})")
+    return metrics
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ArgumentError, ValueError) as error:
+        if (cause := config_error_in(error)) is not None:
+            sys.exit(f"error: {' '.join(str(cause).split())}")
+        if isinstance(error, ArgumentError):
+            sys.exit(f"error: {explain(error)}")
+        raise

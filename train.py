@@ -50,8 +50,9 @@ class MetaCLI(LightningCLI):
         if rank_zero_only.rank == 0:
             self.datamodule.prepare_data()
         self.datamodule.setup("test" if self.config.test_only else "fit")
-        if self.config.test_only:
-            return super().instantiate_trainer(logger=False, **kwargs)
+        if self.config.test_only:  # writes nothing: no logs, no checkpoints, no saved config
+            self.save_config_callback = None
+            return super().instantiate_trainer(logger=False, enable_checkpointing=False, **kwargs)
         logger = TensorBoardLogger(self.config.log_root, name=self.run_name, version=version, default_hp_metric=False)
         if version is not None:  # resuming into the same run folder: keep its config.yaml, add one beside it
             self.save_config_kwargs["config_filename"] = free_name(Path(logger.log_dir), "config_resumed", ".yaml")

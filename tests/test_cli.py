@@ -50,9 +50,11 @@ def test_fit_test_resume_and_test_only_on_omniglot(data_root, tmp_path):
     assert (run / "config_resumed1.yaml").exists() and (run / "config.yaml").exists()
     assert state(run / "checkpoints" / "last.ckpt")["global_step"] == 10
 
+    before = snapshot(logs)
     out = ok(train("--config", "proto.yaml", "--ckpt_path", run / "checkpoints" / "last.ckpt", "--test_only", "true",
                    *OMNIGLOT_TINY, data_root=data_root, log_root=logs))
     assert re.search(r"^test/acc \d+\.\d\d ± \d+\.\d\d  \(omniglot/vinyals", out, re.M)
+    assert snapshot(logs) == before and not (ROOT / "config.yaml").exists()  # test-only writes nothing
 
 
 def test_resume_mid_epoch_is_bitwise_exact(tmp_path):

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from results import ROOT, command_line, hardware, record, this_command, today
 
 SHAPES = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}

@@ -29,7 +29,8 @@ PAPER = {  # published test accuracy (%) by (algorithm, dataset, ways, shots); a
 def hardware() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return f"{cpu}, {torch.get_num_threads()} threads, CPU only, torch {torch.__version__}, Python {platform.python_version()}"
+    threads = torch.get_num_threads()
+    return f"{cpu}, {threads} threads, CPU only, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def today() -> str:
@@ -56,13 +57,15 @@ def record(*entries: dict) -> None:
 
 
 def render(records: list[dict]) -> str:
-    lines = ["# Results", "", "Made by the scripts in `benchmarks/` from `benchmarks/results.json`; do not edit by hand.",
+    lines = ["# Results", "",
+             "Made by the scripts in `benchmarks/` from `benchmarks/results.json`; do not edit by hand.",
              "Accuracy is the mean query accuracy over the test episodes with its 95% confidence interval",
              "(1.96 · s / √n), in percent. Every row names the command that produced it.", ""]
     accuracy = [r for r in records if r["kind"] == "accuracy"]
     if accuracy:
         lines += ["## Accuracy", "",
-                  "| algorithm | dataset / split | episodes | test acc (%) | paper | test episodes | trained | hardware | date |",
+                  "| algorithm | dataset / split | episodes | test acc (%) | paper | test episodes | trained "
+                  "| hardware | date |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in accuracy:
             within = ", within alphabet" if r.get("within_alphabet") else ""
@@ -71,12 +74,7 @@ def render(records: list[dict]) -> str:
                 f"| {r['algorithm']} | {r['dataset']} / {r['split']} | {r['ways']}-way {r['shots']}-shot{within} | "
                 f"**{r['acc']:.2f} ± {r['ci95']:.2f}** | {paper if paper else '–'} | {r['test_episodes']} | "
                 f"{r['train_steps']} steps, {r['train_minutes']:.1f} min | {r['hardware']} | {r['date']} |")
-        lines += ["", "Commands:", ""]
-        for r in accuracy:
-            lines.append(f"- {r['algorithm']} {r['ways']}w{r['shots']}s: `{r['command']}`")
-            if r.get("note"):
-                lines.append(f"  {r['note']}")
-        lines.append("")
+        lines += commands(accuracy)
     throughput = [r for r in records if r["kind"] == "throughput"]
     if throughput:
         lines += ["## Throughput", "",
@@ -86,10 +84,14 @@ def render(records: list[dict]) -> str:
             for path, value in r["episodes_per_second"].items():
                 lines.append(f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot | {path} | {value:.2f} | "
                              f"{r['hardware']} | {r['date']} |")
-        lines += ["", "Commands:", ""]
-        for r in throughput:
-            lines.append(f"- {r['algorithm']} {r['ways']}w{r['shots']}s: `{r['command']}`")
-            if r.get("note"):
-                lines.append(f"  {r['note']}")
-        lines.append("")
+        lines += commands(throughput)
     return "\n".join(lines)
+
+
+def commands(records: list[dict]) -> list[str]:
+    lines = ["", "Commands:", ""]
+    for r in records:
+        lines.append(f"- {r['algorithm']} {r['ways']}w{r['shots']}s: `{r['command']}`")
+        if r.get("note"):
+            lines.append(f"  {r['note']}")
+    return lines + [""]

@@ -19,7 +19,6 @@ import sys
 import time
 
 import torch
-
 from results import ROOT, command_line, hardware, record, this_command, today
 
 sys.path.insert(0, str(ROOT))

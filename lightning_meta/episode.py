@@ -23,18 +23,6 @@ class Episode:
     query_labels: Tensor  # [T, N*Q]
     n_way: int  # N (0 for regression)
 
-    @property
-    def num_tasks(self) -> int:
-        return self.support.shape[0]
-
-    @property
-    def k_shot(self) -> int:
-        return self.support.shape[1] // max(self.n_way, 1)
-
-    @property
-    def n_query(self) -> int:
-        return self.query.shape[1] // max(self.n_way, 1)
-
 
 def collate_episodes(episodes: list[Episode]) -> Episode:
     """Stacks single-task episodes (leading dimension 1) into one task batch."""

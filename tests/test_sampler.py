@@ -11,12 +11,12 @@ def store():
 
 
 def sampler(store, **kwargs):
-    args = dict(split="train", n_way=5, k_shot=2, n_query=3, seed=0) | kwargs
-    return EpisodeSampler(store, **args)
+    return EpisodeSampler(store, **({"split": "train", "n_way": 5, "k_shot": 2, "n_query": 3, "seed": 0} | kwargs))
 
 
 def same(a, b):
-    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("support", "support_labels", "query", "query_labels"))
+    fields = ("support", "support_labels", "query", "query_labels")
+    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in fields)
 
 
 def test_same_key_same_episode(store):
@@ -93,7 +93,9 @@ def test_evaluation_schedule_is_fixed():
 
 
 def test_transform_is_reproducible_per_episode(store):
-    noise = lambda image: (image.int() + torch.randint(0, 3, image.shape)).clamp(0, 255).to(torch.uint8)
+    def noise(image):
+        return (image.int() + torch.randint(0, 3, image.shape)).clamp(0, 255).to(torch.uint8)
+
     a, b = sampler(store, transform=noise), sampler(store, transform=noise)
     torch.manual_seed(1)
     first = a[3]

@@ -58,7 +58,6 @@ class MetaLearner(pl.LightningModule, ABC):
         if not 0 < lr_decay <= 1:
             raise ConfigError(f"model.lr_decay must be in (0, 1] (got {lr_decay})")
         self.save_hyperparameters()  # the subclass's arguments too: Lightning collects the whole __init__ chain
-        self.image_shape = tuple(image_shape)
         self.val_accuracy = EpisodeAccuracy()
         self.test_accuracy = EpisodeAccuracy()
 

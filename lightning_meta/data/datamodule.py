@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -86,10 +87,10 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
         """Dataset and split, e.g. 'omniglot/vinyals'."""
 
     def describe(self, subset: str = "test") -> str:
+        """The evaluation episodes of ``subset`` in words: 'omniglot/vinyals, 5-way 1-shot, 1000 episodes'."""
         n, k, _ = self.shapes[subset]
-        episodes = self.num_episodes.get(subset, self.batches_per_epoch * self.tasks_per_batch)
         within = ", within-group" if self.within_group else ""
-        return f"{self.name}, {n}-way {k}-shot{within}, {episodes} episodes"
+        return f"{self.name}, {n}-way {k}-shot{within}, {self.num_episodes[subset]} episodes"
 
     def setup(self, stage: str) -> None:
         subsets = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, SUBSETS)

@@ -129,7 +129,8 @@ def _find_source(folder: Path, name: str, download: bool) -> Path:
             return candidate
     if not download:
         raise DataError(f"Omniglot not found: no {name}.zip or {name}/ in {folder}; put the original zips there, "
-                        f"point data.root (or LIGHTNING_META_DATA) at the folder holding omniglot/, or set data.download: true")
+                        f"point data.root (or LIGHTNING_META_DATA) at the folder holding omniglot/, "
+                        f"or set data.download: true")
     from torchvision.datasets.utils import download_url
 
     try:

@@ -48,7 +48,8 @@ class EpisodeSampler(Dataset[Episode]):
         transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         if n_way < 2 or k_shot < 1 or n_query < 1:
-            raise DataError(f"{split}: need n_way >= 2, k_shot >= 1 and n_query >= 1 (got {n_way}, {k_shot}, {n_query})")
+            raise DataError(f"{split}: need n_way >= 2, k_shot >= 1 and n_query >= 1 "
+                            f"(got {n_way}, {k_shot}, {n_query})")
         if k_shot + n_query > store.items_per_class:
             raise DataError(
                 f"{split}: k_shot + n_query = {k_shot + n_query} but every class has only {store.items_per_class} "
@@ -93,9 +94,6 @@ class EpisodeSampler(Dataset[Episode]):
             query_labels=labels.repeat_interleave(q)[None],
             n_way=n,
         )
-
-    def __len__(self) -> int:
-        raise TypeError("an EpisodeSampler has an episode for every key; the EpisodeSchedule says how many are drawn")
 
 
 class EpisodeSchedule(DistributedSampler):

@@ -63,4 +63,5 @@ class SyntheticDataModule(EpisodicDataModule):
 
     def build_store(self, subset: str) -> ClassStore:
         seed = 1000 * self.data_seed + SUBSET_SEEDS[subset]
-        return synthetic_store(self.classes[subset], self.items_per_class, self.shape, self.noise, self.num_groups, seed)
+        return synthetic_store(self.classes[subset], self.items_per_class, self.shape, self.noise, self.num_groups,
+                               seed)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_meta.data.sampler import EpisodeSampler, EpisodeSchedule
@@ -29,6 +29,8 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
     of them per training step and ``batches_per_epoch`` steps per epoch; they change every epoch and are
     drawn from ``seed``. Validation and test episodes have their own shape (``eval_*``, defaulting to the
     training one) and are fixed: they depend only on ``eval_seed``, so every run is scored on the same ones.
+    ``train_transform`` (a torchvision v2 transform, e.g. ``RandomAffine``) augments each uint8 training
+    image; ``mean`` and ``std`` normalise every image once it is a float on the device.
     """
 
     def __init__(
@@ -47,7 +49,7 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
         within_group: bool = False,
         seed: int = 0,
         eval_seed: int = 0,
-        train_transform: Callable[[Tensor], Tensor] | None = None,
+        train_transform: nn.Module | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         num_workers: int = 0,

@@ -53,14 +53,18 @@ class MetaCLI(LightningCLI):
         if self.config.test_only:  # writes nothing: no logs, no checkpoints, no saved config
             self.save_config_callback = None
             return super().instantiate_trainer(logger=False, enable_checkpointing=False, **kwargs)
-        logger = TensorBoardLogger(self.config.log_root, name=self.run_name, version=version, default_hp_metric=False)
+        run = TensorBoardLogger(self.config.log_root, name=self.run_name, version=version, default_hp_metric=False)
+        run_dir = Path(run.log_dir)  # lightning_logs/<config>/version_N, whatever logger the config asks for
         if version is not None:  # resuming into the same run folder: keep its config.yaml, add one beside it
-            self.save_config_kwargs["config_filename"] = free_name(Path(logger.log_dir), "config_resumed", ".yaml")
-        checkpoints = Path(logger.log_dir) / "checkpoints"  # explicit, so a resumed run recognises its own files
-        self.checkpoint = ModelCheckpoint(checkpoints, monitor="val/acc", mode="max",
+            self.save_config_kwargs["config_filename"] = free_name(run_dir, "config_resumed", ".yaml")
+        self.checkpoint = ModelCheckpoint(run_dir / "checkpoints", monitor="val/acc", mode="max",
                                           filename="best-{step}-{val/acc:.2f}", auto_insert_metric_name=False)
-        last = LastCheckpoint(checkpoints, every_n_train_steps=self.config.checkpoint_every)
-        return super().instantiate_trainer(logger=logger, callbacks=[self.checkpoint, last], **kwargs)
+        last = LastCheckpoint(run_dir / "checkpoints", every_n_train_steps=self.config.checkpoint_every)
+        trainer = self.config_init["trainer"]
+        configured = trainer.get("logger")
+        logger = run if configured in (None, True) else configured
+        callbacks = [*(trainer.get("callbacks") or []), self.checkpoint, last]
+        return super().instantiate_trainer(logger=logger, callbacks=callbacks, default_root_dir=run_dir, **kwargs)
 
 
 def config_name(config) -> str:

@@ -1,0 +1,24 @@
+"""A callback that times training steps, for benchmarks that run train.py in-process."""
+
+from __future__ import annotations
+
+import time
+
+import pytorch_lightning as pl
+
+RATES: list[float] = []  # training steps per second of each timed fit, in order
+
+
+class StepTimer(pl.Callback):
+    """Times the training steps after the first ``warmup`` ones and appends steps per second to ``RATES``."""
+
+    def __init__(self, warmup: int = 20) -> None:
+        self.warmup = warmup
+        self.start: float | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        RATES.append((trainer.global_step - self.warmup) / (time.perf_counter() - self.start))

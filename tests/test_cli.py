@@ -152,3 +152,9 @@ def test_bad_checkpoint_is_rejected_and_nothing_is_touched(damage, protonet_run,
     one_line_error(train("--config", "proto_synthetic.yaml", "--ckpt_path", bad, *args, *TINY, log_root=protonet_run),
                    pattern)
     assert snapshot(protonet_run) == before
+
+
+def test_print_config_resolves_a_bare_config_name():
+    out = ok(train("--config", "proto.yaml", "--model.lr", "0.0005", "--print_config"))
+    assert "class_path: lightning_meta.algorithms.ProtoNet" in out and "lr: 0.0005" in out
+    assert "n_way: 60" in out and "class_path: lightning_meta.data.OmniglotDataModule" in out

@@ -26,12 +26,14 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
     """Episodes over the class stores a subclass provides (``build_store``).
 
     Training episodes are ``n_way``-way ``k_shot``-shot with ``n_query`` queries per class, ``tasks_per_batch``
-    of them per training step and ``batches_per_epoch`` steps per epoch; they change every epoch and are
-    drawn from ``seed``. Validation and test episodes have their own shape (``eval_*``, defaulting to the
+    of them per training step and ``batches_per_epoch`` steps per epoch; they are drawn from ``seed`` and
+    never repeat. Validation and test episodes have their own shape (``eval_*``, defaulting to the
     training one) and are fixed: they depend only on ``eval_seed``, so every run is scored on the same ones.
     ``train_transform`` (a torchvision v2 transform, e.g. ``RandomAffine``) augments each uint8 training
     image; ``mean`` and ``std`` normalise every image once it is a float on the device.
     """
+
+    group: str = "group"  # what a class group is called in this data set ("alphabet" for Omniglot)
 
     def __init__(
         self,
@@ -70,6 +72,8 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
         self.num_episodes = {"val": val_episodes, "test": test_episodes}
         self.within_group, self.seed, self.eval_seed = within_group, seed, eval_seed
         self.train_transform, self.num_workers = train_transform, num_workers
+        if (mean is None) != (std is None):
+            raise DataError("data.mean and data.std go together: set both (one value per channel) or neither")
         self.mean = None if mean is None else torch.tensor(mean).view(-1, 1, 1)
         self.std = None if std is None else torch.tensor(std).view(-1, 1, 1)
         self.samplers: dict[str, EpisodeSampler] = {}
@@ -91,7 +95,7 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
     def describe(self, subset: str = "test") -> str:
         """The evaluation episodes of ``subset`` in words: 'omniglot/vinyals, 5-way 1-shot, 1000 episodes'."""
         n, k, _ = self.shapes[subset]
-        within = ", within-group" if self.within_group else ""
+        within = f", within-{self.group}" if self.within_group else ""
         return f"{self.name}, {n}-way {k}-shot{within}, {self.num_episodes[subset]} episodes"
 
     def setup(self, stage: str) -> None:

@@ -208,6 +208,8 @@ class OmniglotDataModule(EpisodicDataModule):
         **kwargs: episode shapes and the rest, see :class:`EpisodicDataModule`.
     """
 
+    group = "alphabet"
+
     def __init__(
         self,
         root: str | None = None,

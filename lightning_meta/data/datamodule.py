@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -20,6 +22,11 @@ SUBSETS = ("train", "val", "test")
 # Lightning warns that a mid-epoch checkpoint cannot resume a loader without `state_dict`; ours needs none:
 # the EpisodeSchedule derives its position from the batch count that Lightning itself restores.
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+
+
+def default_data_root() -> Path:
+    """``$LIGHTNING_META_DATA`` if set, else ``./data``: a folder holding ``omniglot/``, ``cifar100/``, ..."""
+    return Path(os.environ.get("LIGHTNING_META_DATA", "data"))
 
 
 class EpisodicDataModule(pl.LightningDataModule, ABC):

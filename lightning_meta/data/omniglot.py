@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from lightning_meta.data.datamodule import EpisodicDataModule
+from lightning_meta.data.datamodule import EpisodicDataModule, default_data_root
 from lightning_meta.data.store import ClassStore, DataError
 
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
@@ -187,11 +187,6 @@ def _save_atomic(obj: dict, path: Path) -> None:
         os.replace(tmp, path)
     except OSError:  # a cache we cannot write only costs the decoding time next run
         pass
-
-
-def default_data_root() -> Path:
-    """``$LIGHTNING_META_DATA`` if set, else ``./data``: a folder holding ``omniglot/``, ``cifar100/``, ..."""
-    return Path(os.environ.get("LIGHTNING_META_DATA", "data"))
 
 
 class OmniglotDataModule(EpisodicDataModule):

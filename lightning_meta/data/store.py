@@ -37,7 +37,3 @@ class ClassStore:
     @property
     def items_per_class(self) -> int:
         return self.images.shape[1]
-
-    @property
-    def item_shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[2:])

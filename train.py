@@ -26,6 +26,9 @@ from lightning_meta import ConfigError, EpisodicDataModule, MetaLearner
 from lightning_meta.checkpoint import LastCheckpoint, read_checkpoint
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
+METRICS = {"classification": "acc", "regression": "mse"}  # the evaluation metric of each kind of episode
+BEST = {"val/acc": "max", "val/mse": "min"}
+DIGITS = {"val/acc": 2, "val/mse": 4, "test/acc": 2, "test/mse": 4}
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
 logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
 
@@ -47,6 +50,8 @@ class MetaCLI(LightningCLI):
             read_checkpoint(self.ckpt_path, self.model)
         elif self.config.test_only:
             raise ConfigError("--test_only needs a checkpoint: add --ckpt_path PATH (or --ckpt_path last)")
+        trainer = self.config_init["trainer"]
+        self.model.validate_setup(self.datamodule, trainer.get("inference_mode", True), trainer.get("max_steps", -1))
         if rank_zero_only.rank == 0:
             self.datamodule.prepare_data()
         self.datamodule.setup("test" if self.config.test_only else "fit")
@@ -57,10 +62,11 @@ class MetaCLI(LightningCLI):
         run_dir = Path(run.log_dir)  # lightning_logs/<config>/version_N, whatever logger the config asks for
         if version is not None:  # resuming into the same run folder: keep its config.yaml, add one beside it
             self.save_config_kwargs["config_filename"] = free_name(run_dir, "config_resumed", ".yaml")
-        self.checkpoint = ModelCheckpoint(run_dir / "checkpoints", monitor="val/acc", mode="max",
-                                          filename="best-{step}-{val/acc:.2f}", auto_insert_metric_name=False)
+        metric = f"val/{METRICS[self.datamodule.task]}"
+        self.checkpoint = ModelCheckpoint(run_dir / "checkpoints", monitor=metric, mode=BEST[metric],
+                                          filename=f"best-{{step}}-{{{metric}:.{DIGITS[metric]}f}}",
+                                          auto_insert_metric_name=False)
         last = LastCheckpoint(run_dir / "checkpoints", every_n_train_steps=self.config.checkpoint_every)
-        trainer = self.config_init["trainer"]
         configured = trainer.get("logger")
         logger = run if configured in (None, True) else configured
         callbacks = [*(trainer.get("callbacks") or []), self.checkpoint, last]
@@ -137,7 +143,9 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         trainer.test(model, datamodule=data, ckpt_path=best, weights_only=True, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
-        print(f"test/acc {metrics['test/acc']:.2f} ± {metrics['test/acc_ci95']:.2f}  ({data.describe('test')})")
+        metric = f"test/{METRICS[data.task]}"
+        mean, ci95, digits = metrics[metric], metrics[metric + "_ci95"], DIGITS[metric]
+        print(f"{metric} {mean:.{digits}f} ± {ci95:.{digits}f}  ({data.describe('test')})")
     return metrics
 
 

@@ -37,7 +37,16 @@ class ChannelsLast(nn.Module):
     """Puts images in channels-last memory order, which the CPU (oneDNN) and GPU conv kernels run fastest on."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch._C._functorch.is_batchedtensor(x):  # vmap has no memory formats; its batched convs choose their own
+            return x
         return x.contiguous(memory_format=torch.channels_last)
+
+
+class GlobalAveragePool(nn.Module):
+    """[B, C, H, W] -> [B, C], the mean over positions."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((-2, -1))
 
 
 @register_backbone("conv4")
@@ -55,13 +64,27 @@ def conv4(image_shape: tuple[int, ...], hidden: int = 64, flatten: bool = True) 
     return net.to(memory_format=torch.channels_last)
 
 
+@register_backbone("conv4_strided")
+def conv4_strided(image_shape: tuple[int, ...], hidden: int = 64) -> nn.Sequential:
+    """The Omniglot network of Finn et al. (2017): four blocks of stride-2 3x3 conv, batch norm and ReLU (no
+    pooling), then the features averaged over positions: 64-d at 28x28."""
+    if len(image_shape) != 3:
+        raise ConfigError(f"conv4_strided needs images (C, H, W), got input shape {tuple(image_shape)}")
+    channels = image_shape[0]
+    layers: list[nn.Module] = [ChannelsLast()]
+    for c_in in (channels, hidden, hidden, hidden):
+        layers += [nn.Conv2d(c_in, hidden, 3, stride=2, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
+    net = nn.Sequential(*layers, GlobalAveragePool())
+    return net.to(memory_format=torch.channels_last)
+
+
 @register_backbone("mlp")
 def mlp(image_shape: tuple[int, ...], hidden: int = 64, layers: int = 2) -> nn.Sequential:
-    """A ReLU multilayer perceptron on flattened inputs (for vector data such as the synthetic set)."""
+    """``layers`` ReLU layers of ``hidden`` units on flattened inputs (vector data: the synthetic set, sinusoids)."""
     sizes = [math.prod(image_shape)] + [hidden] * layers
     body: list[nn.Module] = [nn.Flatten()]
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
-        body += [nn.Linear(a, b)] + ([nn.ReLU()] if i < layers - 1 else [])
+    for a, b in zip(sizes, sizes[1:]):
+        body += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*body)
 
 
@@ -69,3 +92,44 @@ def build_backbone(name: str, image_shape: tuple[int, ...], **kwargs) -> nn.Modu
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     return BACKBONES[name](tuple(image_shape), **kwargs)
+
+
+class MetaBatchNorm(nn.Module):
+    """Batch norm in plain tensor operations, always on the statistics of the batch it is given (no running
+    averages), for networks that are adapted by gradient steps inside the training step.
+
+    Unlike ``F.batch_norm``, whose second derivative is wrong under ``torch.func.vmap`` (functorch#534), every
+    operation here has exact derivatives of every order, batched or not. With ``reference = n`` the mean and
+    variance come from the first ``n`` examples only (the support set), and all examples are normalised with them.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        weight, bias = torch.ones(num_features), torch.zeros(num_features)
+        if affine:
+            self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+        else:
+            self.register_buffer("weight", weight)
+            self.register_buffer("bias", bias)
+        self.eps = eps
+        self.reference: int | None = None
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, C, *]
+        dims = [0, *range(2, x.dim())]
+        ref = x if self.reference is None else x[: self.reference]
+        var, mean = torch.var_mean(ref, dims, correction=0, keepdim=True)  # [1, C, 1, ...]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+
+
+def with_meta_batch_norm(net: nn.Module) -> nn.Module:
+    """Replaces every ``nn.BatchNorm1d/2d`` of ``net`` (in place) by a :class:`MetaBatchNorm` with its weights."""
+    for name, child in net.named_children():
+        if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            norm = MetaBatchNorm(child.num_features, child.eps, child.affine)
+            if child.affine:
+                norm.load_state_dict({"weight": child.weight.detach(), "bias": child.bias.detach()})
+            setattr(net, name, norm)
+        else:
+            with_meta_batch_norm(child)
+    return net

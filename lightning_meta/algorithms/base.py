@@ -1,8 +1,9 @@
 """The base of every algorithm: optimiser and schedule from config, metrics, logging, evaluation protocol.
 
-An algorithm supplies only what is its own: ``meta_loss`` (an episode to a training loss, plus query
-scores for the training accuracy) and ``predict`` (query scores of an episode, adapting first where the
-method does).
+An algorithm supplies only what is its own: ``meta_loss`` (an episode to a training loss, plus the query
+predictions for the training metric) and ``predict`` (query predictions of an episode, adapting first where
+the method does). Classification episodes are scored by accuracy in percent (``acc``), regression episodes
+(``n_way`` 0) by mean squared error (``mse``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
-from lightning_meta.metrics import EpisodeAccuracy, episode_accuracy
+from lightning_meta.metrics import EpisodeMean, episode_accuracy, episode_mse
 
 ALGORITHMS: dict[str, type[MetaLearner]] = {}
 
@@ -37,9 +38,12 @@ class MetaLearner(pl.LightningModule, ABC):
         weight_decay: L2 penalty of the optimiser.
         lr_decay_every: multiply the learning rate by ``lr_decay`` every this many training steps (None: never).
         lr_decay: the factor of that step decay.
+        lr_final: anneal the learning rate linearly from ``lr`` to this over ``trainer.max_steps`` (None: don't).
     """
 
     name: ClassVar[str]
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)  # the kinds of episode (data.task) it can learn
+    adapts_at_evaluation: ClassVar[bool] = False  # takes gradient steps in validation and test
 
     def __init__(
         self,
@@ -49,6 +53,7 @@ class MetaLearner(pl.LightningModule, ABC):
         weight_decay: float = 0.0,
         lr_decay_every: int | None = None,
         lr_decay: float = 0.5,
+        lr_final: float | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -57,40 +62,69 @@ class MetaLearner(pl.LightningModule, ABC):
             raise ConfigError(f"model.lr_decay_every must be a positive number of steps or null (got {lr_decay_every})")
         if not 0 < lr_decay <= 1:
             raise ConfigError(f"model.lr_decay must be in (0, 1] (got {lr_decay})")
+        if lr_final is not None and (lr_final < 0 or lr_decay_every is not None):
+            raise ConfigError(f"model.lr_final must be >= 0 and excludes model.lr_decay_every (got {lr_final}, "
+                              f"{lr_decay_every}); choose one schedule")
         self.save_hyperparameters()  # the subclass's arguments too: Lightning collects the whole __init__ chain
-        self.val_accuracy = EpisodeAccuracy()
-        self.test_accuracy = EpisodeAccuracy()
+        self.val_metric, self.test_metric = EpisodeMean(), EpisodeMean()
+        self.metric_name = "acc"  # or "mse", set by the episodes seen
+
+    def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
+        """Raises a ConfigError if this model cannot learn from ``data`` with this trainer; ``train.py`` calls it
+        before anything is written, and ``setup`` again for runs started from Python."""
+        task = getattr(data, "task", "classification")
+        if task not in self.tasks:
+            raise ConfigError(f"{type(self).__name__} learns {' or '.join(self.tasks)} episodes, but the data "
+                              f"gives {task} episodes; choose another data module or algorithm")
+        if self.adapts_at_evaluation and inference_mode:
+            raise ConfigError(f"{type(self).__name__} takes gradient steps when it evaluates; "
+                              f"set trainer.inference_mode: false")
+        if self.hparams.lr_final is not None and max_steps < 1:
+            raise ConfigError("model.lr_final anneals the learning rate over trainer.max_steps; set max_steps")
+
+    def setup(self, stage: str) -> None:
+        if self.trainer is not None and self.trainer.datamodule is not None:
+            self.validate_setup(self.trainer.datamodule, self.trainer.test_loop.inference_mode, self.trainer.max_steps)
+
+    def score(self, predictions: Tensor, episode: Episode) -> Tensor:
+        """The per-episode metric [T]: query accuracy in percent, or mean squared error for regression."""
+        self.metric_name = "acc" if episode.n_way else "mse"
+        if episode.n_way:
+            return episode_accuracy(predictions, episode.query_labels)
+        return episode_mse(predictions, episode.query_labels)
 
     @abstractmethod
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        """The training loss of a task batch, and the query scores [T, N*Q, N] it came from."""
+        """The training loss of a task batch, and the query predictions it came from: scores [T, N*Q, N]
+        (higher is more likely), or values [T, Q, 1] for regression."""
 
     @abstractmethod
     def predict(self, episode: Episode) -> Tensor:
-        """Query scores [T, N*Q, N] (higher is more likely) for every task of the batch."""
+        """Query predictions for every task of the batch, shaped as in ``meta_loss``."""
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
-        loss, scores = self.meta_loss(episode)
+        loss, predictions = self.meta_loss(episode)
+        score = self.score(predictions.detach(), episode).mean()
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", 100 * episode_accuracy(scores, episode.query_labels).mean(), prog_bar=True)
+        self.log(f"train/{self.metric_name}", score, prog_bar=True)
         return loss
 
     def validation_step(self, episode: Episode, batch_idx: int) -> None:
-        self.val_accuracy.update(episode_accuracy(self.predict(episode), episode.query_labels))
+        self.val_metric.update(self.score(self.predict(episode), episode))
 
     def test_step(self, episode: Episode, batch_idx: int) -> None:
-        self.test_accuracy.update(episode_accuracy(self.predict(episode), episode.query_labels))
+        self.test_metric.update(self.score(self.predict(episode), episode))
 
     def on_validation_epoch_end(self) -> None:
-        self._log_accuracy("val", self.val_accuracy)
+        self._log_metric("val", self.val_metric)
 
     def on_test_epoch_end(self) -> None:
-        self._log_accuracy("test", self.test_accuracy)
+        self._log_metric("test", self.test_metric)
 
-    def _log_accuracy(self, stage: str, metric: EpisodeAccuracy) -> None:
+    def _log_metric(self, stage: str, metric: EpisodeMean) -> None:
         mean, ci95 = metric.compute()  # already reduced over all ranks
-        self.log(f"{stage}/acc", mean.float(), prog_bar=True)
-        self.log(f"{stage}/acc_ci95", ci95.float())
+        self.log(f"{stage}/{self.metric_name}", mean.float(), prog_bar=True)
+        self.log(f"{stage}/{self.metric_name}_ci95", ci95.float())
         metric.reset()
 
     def configure_optimizers(self) -> Any:
@@ -99,9 +133,13 @@ class MetaLearner(pl.LightningModule, ABC):
             optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         else:
             optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        if hp.lr_decay_every is None:
+        if hp.lr_decay_every is not None:
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=hp.lr_decay_every, gamma=hp.lr_decay)
+        elif hp.lr_final is not None:
+            steps, end = self.trainer.max_steps, hp.lr_final / hp.lr
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1 + (end - 1) * min(t / steps, 1))
+        else:
             return optimizer
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=hp.lr_decay_every, gamma=hp.lr_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

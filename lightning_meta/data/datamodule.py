@@ -11,7 +11,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_meta.data.sampler import EpisodeSampler, EpisodeSchedule
 from lightning_meta.data.store import ClassStore, DataError
@@ -41,6 +41,7 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
     """
 
     group: str = "group"  # what a class group is called in this data set ("alphabet" for Omniglot)
+    task: str = "classification"  # or "regression": episodes with real-valued targets and n_way 0
 
     def __init__(
         self,
@@ -83,11 +84,21 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
             raise DataError("data.mean and data.std go together: set both (one value per channel) or neither")
         self.mean = None if mean is None else torch.tensor(mean).view(-1, 1, 1)
         self.std = None if std is None else torch.tensor(std).view(-1, 1, 1)
-        self.samplers: dict[str, EpisodeSampler] = {}
+        self.samplers: dict[str, Dataset[Episode]] = {}
 
-    @abstractmethod
     def build_store(self, subset: str) -> ClassStore:
-        """The class store of ``subset`` ('train', 'val' or 'test')."""
+        """The class store of ``subset`` ('train', 'val' or 'test'); class-based data sets implement this."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither build_store nor build_sampler")
+
+    def build_sampler(self, subset: str) -> Dataset[Episode]:
+        """The episodes of ``subset``, a dataset indexed by episode number: N-way K-shot over its class store."""
+        n, k, q = self.shapes[subset]
+        return EpisodeSampler(
+            self.build_store(subset), subset, n, k, q,
+            seed=self.seed if subset == "train" else self.eval_seed,
+            within_group=self.within_group,
+            transform=self.train_transform if subset == "train" else None,
+        )  # fmt: skip
 
     @property
     @abstractmethod
@@ -109,13 +120,7 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
         subsets = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, SUBSETS)
         for subset in subsets:
             if subset not in self.samplers:
-                n, k, q = self.shapes[subset]
-                self.samplers[subset] = EpisodeSampler(
-                    self.build_store(subset), subset, n, k, q,
-                    seed=self.seed if subset == "train" else self.eval_seed,
-                    within_group=self.within_group,
-                    transform=self.train_transform if subset == "train" else None,
-                )  # fmt: skip
+                self.samplers[subset] = self.build_sampler(subset)
 
     def _loader(self, subset: str) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)

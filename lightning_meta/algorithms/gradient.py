@@ -1,0 +1,100 @@
+"""What the optimization-based learners share: a network f_θ they adapt by gradient steps, called with
+explicit parameters, its task loss, and how batch norm treats the query set.
+
+Batch norm always normalises with the statistics of the examples at hand, as in the MAML paper; its layers are
+:class:`~lightning_meta.backbones.MetaBatchNorm`, whose derivatives are exact under ``torch.func.vmap``.
+``batch_norm: transductive`` (the papers' default) scores the query set as one batch, so its statistics
+come from the queries; ``batch_norm: support`` normalises every query with the support set's statistics, so
+each query is classified on its own (non-transductive).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.backbones import MetaBatchNorm, build_backbone, with_meta_batch_norm
+from lightning_meta.errors import ConfigError
+
+Params = dict[str, Tensor]
+
+
+class GradientLearner(MetaLearner):
+    """A network f_θ = backbone + linear output layer, adapted per task by gradient steps.
+
+    Args:
+        image_shape: input shape, e.g. (1, 28, 28), or (1,) for sinusoids.
+        n_way: N, the output units (one per class); 0 for regression (one real output, squared-error loss).
+        backbone: the feature network (any registered backbone).
+        hidden: its filters (or units).
+        batch_norm: ``transductive`` or ``support`` statistics for the query set (see the module docstring).
+        **kwargs: outer optimiser settings, see :class:`MetaLearner`.
+    """
+
+    tasks = ("classification", "regression")
+    adapts_at_evaluation = True
+
+    def __init__(
+        self,
+        image_shape: tuple[int, ...],
+        n_way: int,
+        backbone: str = "conv4",
+        hidden: int = 64,
+        batch_norm: Literal["transductive", "support"] = "transductive",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(image_shape, **kwargs)
+        if n_way < 0 or n_way == 1:
+            raise ConfigError(f"model.n_way must be the number of classes (>= 2), or 0 for regression (got {n_way})")
+        features = build_backbone(backbone, image_shape, hidden=hidden)
+        with torch.no_grad():
+            dim = features(torch.zeros(2, *image_shape)).shape[-1]
+        self.net = with_meta_batch_norm(nn.Sequential(features, nn.Linear(dim, n_way or 1)))
+        self.norms = [m for m in self.net.modules() if isinstance(m, MetaBatchNorm)]
+
+    def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
+        super().validate_setup(data, inference_mode, max_steps)
+        n_way = self.hparams.n_way
+        for subset in ("train", "val"):
+            if data.shapes[subset][0] != n_way:
+                raise ConfigError(f"model.n_way is {n_way} but the data gives {data.shapes[subset][0]}-way {subset} "
+                                  f"episodes; the output layer has one unit per class, so make them equal")
+
+    def f(self, params: Params, x: Tensor) -> Tensor:
+        """f_θ(x) with the parameters ``params`` in place of the module's own."""
+        return functional_call(self.net, params, (x,))
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """L: cross-entropy of class scores, or mean squared error of regression outputs."""
+        if self.hparams.n_way:
+            return F.cross_entropy(outputs, targets)
+        return F.mse_loss(outputs, targets)
+
+    def query_outputs(self, params: Params, support: Tensor, query: Tensor) -> Tensor:
+        """f_θ(query), [NQ, N]: batch norm on the query batch (transductive) or on the support set's statistics."""
+        if self.hparams.batch_norm == "transductive" or not self.norms:
+            return self.f(params, query)
+        with self.statistics_from(support.shape[0]):
+            return self.f(params, torch.cat([support, query]))[support.shape[0]:]
+
+    @contextmanager
+    def statistics_from(self, n: int) -> Iterator[None]:
+        """Batch norm statistics from the first ``n`` examples of each batch only."""
+        for norm in self.norms:
+            norm.reference = n
+        try:
+            yield
+        finally:
+            for norm in self.norms:
+                norm.reference = None
+
+    def meta_parameters(self) -> Params:
+        """θ, as a name -> tensor dict for ``f``."""
+        return dict(self.net.named_parameters())

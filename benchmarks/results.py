@@ -10,6 +10,7 @@ import datetime
 import json
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,11 +19,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 JSON = ROOT / "benchmarks" / "results.json"
 MARKDOWN = ROOT / "RESULTS.md"
-IDENTITY = ("kind", "algorithm", "dataset", "split", "ways", "shots", "within_alphabet")
+IDENTITY = ("kind", "algorithm", "dataset", "split", "ways", "shots", "within_alphabet", "inner_steps")
 
 PAPER = {  # published test accuracy (%) by (algorithm, dataset, ways, shots); algorithms.md
     ("protonet", "omniglot", 5, 1): 98.8, ("protonet", "omniglot", 5, 5): 99.7,
     ("protonet", "omniglot", 20, 1): 96.0, ("protonet", "omniglot", 20, 5): 98.9,
+    ("maml", "omniglot", 5, 1): 98.7, ("maml", "omniglot", 5, 5): 99.9,
+    ("maml", "omniglot", 20, 1): 95.8, ("maml", "omniglot", 20, 5): 98.9,
+    ("reptile", "omniglot", 5, 1): "97.68 (transductive); 95.39", ("reptile", "omniglot", 5, 5): "99.48; 98.90",
+    ("reptile", "omniglot", 20, 1): "89.43; 88.14", ("reptile", "omniglot", 20, 5): "97.12; 96.65",
 }  # fmt: skip
 
 
@@ -43,6 +48,24 @@ def command_line(args: list[str]) -> str:
 
 def this_command() -> str:
     return command_line(sys.argv)
+
+
+def train_py(*args: str, log: Path) -> str:
+    """Runs train.py, teeing its output to ``log``; returns stdout."""
+    command = [sys.executable, str(ROOT / "train.py"), *args]
+    with log.open("a") as out:
+        out.write(f"$ {command_line(command)}\n")
+        out.flush()
+        result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=out, text=True)
+        out.write(result.stdout)
+    if result.returncode != 0:
+        raise SystemExit(f"train.py failed, see {log}")
+    return result.stdout
+
+
+def last_run(folder: Path) -> Path:
+    """The newest ``version_N`` run folder of a config's log folder."""
+    return max(folder.glob("version_*"), key=lambda p: int(p.name.removeprefix("version_")))
 
 
 def record(*entries: dict) -> None:
@@ -75,15 +98,29 @@ def render(records: list[dict]) -> str:
                 f"**{r['acc']:.2f} ± {r['ci95']:.2f}** | {paper if paper else '–'} | {r['test_episodes']} | "
                 f"{r['train_steps']} steps, {r['train_minutes']:.1f} min | {r['hardware']} | {r['date']} |")
         lines += commands(accuracy)
+    regression = [r for r in records if r["kind"] == "regression"]
+    if regression:
+        lines += ["## Sinusoid regression", "",
+                  "Mean squared error on the query points of the fixed test tasks, after fine-tuning on K points.",
+                  "",
+                  "| algorithm | K | inner steps at test | test MSE | test tasks | trained | hardware | date |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in regression:
+            lines.append(f"| {r['algorithm']} | {r['shots']} | {r['inner_steps']} | "
+                         f"**{r['mse']:.3f} ± {r['ci95']:.3f}** | {r['test_episodes']} | "
+                         f"{r['train_steps']} steps, {r['train_minutes']:.1f} min | {r['hardware']} | {r['date']} |")
+        lines += commands(regression)
     throughput = [r for r in records if r["kind"] == "throughput"]
     if throughput:
         lines += ["## Throughput", "",
-                  "| algorithm | episodes | path | training episodes / s | hardware | date |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| algorithm | episodes | path | unit | per second | hardware | date |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in throughput:
-            for path, value in r["episodes_per_second"].items():
-                lines.append(f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot | {path} | {value:.2f} | "
-                             f"{r['hardware']} | {r['date']} |")
+            unit = r.get("unit", "training episodes")
+            rates = r.get("rates") or r["episodes_per_second"]
+            for path, value in rates.items():
+                lines.append(f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot | {path} | {unit} | "
+                             f"{value:.2f} | {r['hardware']} | {r['date']} |")
         lines += commands(throughput)
     return "\n".join(lines)
 
@@ -91,7 +128,8 @@ def render(records: list[dict]) -> str:
 def commands(records: list[dict]) -> list[str]:
     lines = ["", "Commands:", ""]
     for r in records:
-        lines.append(f"- {r['algorithm']} {r['ways']}w{r['shots']}s: `{r['command']}`")
+        steps = f", {r['inner_steps']} inner steps" if r.get("inner_steps") is not None else ""
+        lines.append(f"- {r['algorithm']} {r['ways']}w{r['shots']}s{steps}: `{r['command']}`")
         if r.get("note"):
             lines.append(f"  {r['note']}")
     return lines + [""]

@@ -20,6 +20,8 @@ from lightning_meta.algorithms.gradient import GradientLearner, Params
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
 
+ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
+
 
 @register
 class Reptile(GradientLearner):
@@ -31,7 +33,7 @@ class Reptile(GradientLearner):
         n_way: N output units; 0 for regression.
         backbone: the feature network (``conv4`` in the paper's Omniglot runs).
         hidden: its filters (or units).
-        inner_optimizer: ``adam`` (the paper's, with β1 = 0 as in its code) or ``sgd``.
+        inner_optimizer: ``adam`` (the paper's, with β1 = 0 as in its code; fresh for every task) or ``sgd``.
         inner_lr: its learning rate.
         inner_steps: k, optimiser steps per task in training.
         inner_batch: examples per inner mini-batch (the support set, reshuffled after each pass).
@@ -71,44 +73,50 @@ class Reptile(GradientLearner):
                               f"inner_lr > 0 (got {inner_steps}, {inner_batch}, {eval_inner_steps}, "
                               f"{eval_inner_batch}, {inner_lr})")
 
-    def inner_train(self, x: Tensor, y: Tensor, steps: int, batch: int | None, generator: torch.Generator) -> Params:
-        """W = SGD_k(L, θ): ``steps`` optimiser steps from θ on shuffled mini-batches of one task's (x, y)."""
-        hp = self.hparams
-        W = {k: p.detach().clone().requires_grad_() for k, p in self.meta_parameters().items()}
-        if hp.inner_optimizer == "adam":
-            optimizer = torch.optim.Adam(W.values(), lr=hp.inner_lr, betas=(0.0, 0.999))
-        else:
-            optimizer = torch.optim.SGD(W.values(), lr=hp.inner_lr)
-        batch = min(batch or len(x), len(x))
-        order = torch.empty(0, dtype=torch.long)
-        with torch.enable_grad():
-            for _ in range(steps):
-                if len(order) < batch:  # a new pass over the data
-                    order = torch.cat([order, torch.randperm(len(x), generator=generator)])
-                i, order = order[:batch], order[batch:]
-                loss = self.loss(self.f(W, x[i]), y[i])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        return {k: w.detach() for k, w in W.items()}
+    def mini_batches(self, n: int, steps: int, batch: int | None, generator: torch.Generator) -> Tensor:
+        """Indices [steps, B] of the examples of each inner step: consecutive shuffled passes over the n."""
+        batch = min(batch or n, n)
+        passes = -(-steps * batch // n)
+        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])
+        return order[: steps * batch].view(steps, batch)
 
-    def adapt_each(self, episode: Episode, steps: int, batch: int | None, seed: int) -> tuple[list[Params], Tensor]:
-        """W_τ for every task of the batch, and f_W_τ(query_τ) [T, NQ, N]."""
-        adapted, outputs = [], []
-        for t, (support, labels, query) in enumerate(zip(episode.support, episode.support_labels, episode.query)):
-            generator = torch.Generator().manual_seed(seed * len(episode.support) + t)
-            W = self.inner_train(support, labels, steps, batch, generator)
-            with torch.no_grad():
-                outputs.append(self.query_outputs(W, support, query))
-            adapted.append(W)
-        return adapted, torch.stack(outputs)
+    def batch_loss(self, W: Params, x: Tensor, y: Tensor) -> Tensor:
+        return self.loss(self.f(W, x), y)
+
+    def inner_train(self, theta: Params, x: Tensor, y: Tensor, batches: Tensor) -> Params:
+        """W = SGD_k(L, θ) on one task: one SGD or Adam step per row of ``batches`` (written out as tensor
+        operations, so that the tasks of a meta-batch run together under vmap)."""
+        hp = self.hparams
+        W = theta
+        v = {k: torch.zeros_like(p) for k, p in W.items()}  # Adam's second moment; β1 = 0, so no first moment
+        for t, i in enumerate(batches, start=1):
+            g = torch.func.grad(self.batch_loss)(W, x[i], y[i])
+            if hp.inner_optimizer == "sgd":
+                W = {k: p - hp.inner_lr * g[k] for k, p in W.items()}
+            else:  # Adam with β1 = 0, β2 = 0.999 (the paper's code)
+                v = {k: ADAM_BETA2 * v[k] + (1 - ADAM_BETA2) * g[k].square() for k in W}
+                W = {k: p - hp.inner_lr * g[k] / ((v[k] / (1 - ADAM_BETA2**t)).sqrt() + ADAM_EPS) for k, p in W.items()}
+        return W
+
+    def adapt_each(self, episode: Episode, steps: int, batch: int | None, seed: int) -> tuple[Params, Tensor]:
+        """W_τ for every task of the batch (stacked: [T, ...] per parameter), and f_W_τ(query_τ) [T, NQ, N]."""
+        T, n = episode.support.shape[:2]
+        generator = torch.Generator().manual_seed(seed)
+        batches = torch.stack([self.mini_batches(n, steps, batch, generator) for _ in range(T)])  # [T, steps, B]
+        theta = {k: p.detach() for k, p in self.meta_parameters().items()}
+
+        def task(x: Tensor, y: Tensor, query: Tensor, task_batches: Tensor) -> tuple[Params, Tensor]:
+            W = self.inner_train(theta, x, y, task_batches)
+            return W, self.query_outputs(W, x, query)
+
+        with torch.no_grad():
+            return torch.func.vmap(task)(episode.support, episode.support_labels, episode.query, batches)
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         hp = self.hparams
-        adapted, outputs = self.adapt_each(episode, hp.inner_steps, hp.inner_batch, seed=self.global_step)
+        W, outputs = self.adapt_each(episode, hp.inner_steps, hp.inner_batch, seed=self.global_step)
         theta = self.meta_parameters()
-        W_mean = {k: torch.stack([W[k] for W in adapted]).mean(0) for k in theta}  # mean_τ W_τ
-        loss = sum(0.5 * (theta[k] - W_mean[k]).pow(2).sum() for k in theta)  # ∇_θ = θ − W̄
+        loss = sum(0.5 * (p - W[k].mean(0)).pow(2).sum() for k, p in theta.items())  # ∇_θ = θ − mean_τ W_τ
         return loss, outputs
 
     def predict(self, episode: Episode) -> Tensor:

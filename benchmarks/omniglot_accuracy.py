@@ -1,8 +1,10 @@
-"""Prototypical Networks on Omniglot (vinyals split): train with a config, then test the best checkpoint on
+"""Few-shot accuracy on Omniglot (vinyals split): train with a config, then test the best checkpoint on
 1,000 fixed test episodes of each requested shape, and record the results.
 
-    python benchmarks/protonet_omniglot.py                                   # proto.yaml; 5w1s 5w5s 20w1s 20w5s
-    python benchmarks/protonet_omniglot.py --config proto_5shot.yaml --shapes 5w5s 20w5s
+    python benchmarks/omniglot_accuracy.py                                   # proto.yaml; 5w1s 5w5s 20w1s 20w5s
+    python benchmarks/omniglot_accuracy.py --config proto_5shot.yaml --shapes 5w5s 20w5s
+    python benchmarks/omniglot_accuracy.py --config maml.yaml --shapes 5w1s 5w5s
+    python benchmarks/omniglot_accuracy.py --config fomaml.yaml --label fomaml --shapes 5w1s 5w5s
 
 Run it on an otherwise idle machine. The training command and each test command are recorded with the
 figures (RESULTS.md, benchmarks/results.json).
@@ -13,28 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
-from results import ROOT, command_line, hardware, record, this_command, today
+from results import ROOT, command_line, hardware, last_run, record, this_command, today, train_py
 
 SHAPES = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
-
-
-def train_py(*args: str, log: Path) -> str:
-    """Runs train.py, teeing its output to ``log``; returns stdout."""
-    command = [sys.executable, str(ROOT / "train.py"), *args]
-    with log.open("a") as out:
-        out.write(f"$ {command_line(command)}\n")
-        out.flush()
-        result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=out, text=True)
-        out.write(result.stdout)
-    if result.returncode != 0:
-        raise SystemExit(f"train.py failed, see {log}")
-    return result.stdout
 
 
 def main() -> None:
@@ -43,6 +30,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--test_episodes", type=int, default=1000)
     parser.add_argument("--log_root", default=str(ROOT / "lightning_logs" / "benchmarks"))
+    parser.add_argument("--label", help="the algorithm's name in RESULTS.md (default: the checkpoint's algorithm)")
     args = parser.parse_args()
     name = Path(args.config).stem
     log = Path(args.log_root) / f"{name}.log"
@@ -52,9 +40,10 @@ def main() -> None:
     start = time.perf_counter()
     train_py(*train_args, log=log)
     minutes = (time.perf_counter() - start) / 60
-    run = max((Path(args.log_root) / name).glob("version_*"), key=lambda p: int(p.name.removeprefix("version_")))
+    run = last_run(Path(args.log_root) / name)
     best = next((run / "checkpoints").glob("best-*.ckpt"))
-    steps = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    steps, algorithm = last["global_step"], args.label or last["lightning_meta"]["algorithm"]
 
     for shape in args.shapes:
         ways, shots = SHAPES[shape]
@@ -65,7 +54,7 @@ def main() -> None:
         acc, ci95 = map(float, re.search(r"^test/acc (\S+) ± (\S+)", out, re.M).groups())
         print(f"{shape}: {acc:.2f} ± {ci95:.2f}")
         record({
-            "kind": "accuracy", "algorithm": "protonet", "dataset": "omniglot", "split": "vinyals", "ways": ways,
+            "kind": "accuracy", "algorithm": algorithm, "dataset": "omniglot", "split": "vinyals", "ways": ways,
             "shots": shots, "within_alphabet": False, "test_episodes": args.test_episodes, "acc": acc, "ci95": ci95,
             "train_minutes": minutes, "train_steps": steps, "hardware": hardware(), "date": today(),
             "command": this_command(),

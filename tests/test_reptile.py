@@ -1,0 +1,105 @@
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lightning_meta import Episode, Reptile, SinusoidDataModule, SyntheticDataModule
+
+
+def fit_on(model: Reptile, episode: Episode, steps: int = 1) -> None:
+    pl.Trainer(max_steps=steps, inference_mode=False, logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+               ).fit(model, DataLoader([episode] * steps, batch_size=None))
+
+
+@pytest.mark.parametrize("inner_optimizer, backbone, shape, alpha", [
+    ("sgd", "conv4_strided", (1, 16, 16), 0.1),  # batch norm included
+    ("adam", "mlp", (8,), 0.01),  # no conv bias before batch norm: its 0 gradient is rounding, which Adam scales up
+])  # fmt: skip
+def test_one_outer_step_moves_theta_by_epsilon_times_the_mean_of_w_minus_theta(inner_optimizer, backbone, shape, alpha):
+    """Three tasks; each W_tau computed independently by torch.optim.SGD, or torch.optim.Adam with the paper's
+    beta1 = 0, on a copy of the network."""
+    torch.manual_seed(0)
+    T, N, K, epsilon, k = 3, 3, 2, 0.7, 4
+    model = Reptile(shape, n_way=N, backbone=backbone, hidden=4, inner_optimizer=inner_optimizer, inner_lr=alpha,
+                    inner_steps=k, inner_batch=N * K, lr=epsilon, lr_final=None)
+    episode = Episode(torch.randn(T, N * K, *shape), torch.arange(N).repeat_interleave(K).expand(T, -1),
+                      torch.randn(T, N, *shape), torch.arange(N).expand(T, -1), N)
+    theta = {k: p.detach().clone() for k, p in model.net.named_parameters()}
+    adapted = []
+    for support, labels in zip(episode.support, episode.support_labels):
+        net = copy.deepcopy(model.net)
+        if inner_optimizer == "sgd":
+            optimizer = torch.optim.SGD(net.parameters(), lr=alpha)
+        else:
+            optimizer = torch.optim.Adam(net.parameters(), lr=alpha, betas=(0.0, 0.999))
+        for _ in range(k):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(net(support), labels).backward()
+            optimizer.step()
+        adapted.append(dict(net.named_parameters()))
+    fit_on(model, episode)
+    moved = 0.0
+    for name, p in model.net.named_parameters():
+        mean_move = torch.stack([W[name].detach() - theta[name] for W in adapted]).mean(0)
+        assert torch.allclose(p.detach(), theta[name] + epsilon * mean_move, atol=1e-6, rtol=1e-5), name
+        moved += mean_move.abs().sum().item()
+    assert moved > 0.1
+
+
+def test_epsilon_anneals_linearly_to_lr_final():
+    model = Reptile((1, 16, 16), n_way=3, backbone="conv4_strided", hidden=4, lr=1.0, lr_final=0.2)
+    episode = Episode(torch.randn(1, 3, 1, 16, 16), torch.arange(3)[None], torch.randn(1, 3, 1, 16, 16),
+                      torch.arange(3)[None], 3)
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    pl.Trainer(max_steps=4, inference_mode=False, logger=False, enable_checkpointing=False, callbacks=[Record()],
+               enable_progress_bar=False, enable_model_summary=False).fit(model, DataLoader([episode] * 4,
+                                                                                             batch_size=None))
+    assert seen == pytest.approx([1.0, 0.8, 0.6, 0.4])
+
+
+def trainer(steps: int) -> pl.Trainer:
+    return pl.Trainer(max_steps=steps, inference_mode=False, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+
+
+def test_evaluation_leaves_the_meta_parameters_alone_and_repeats_exactly():
+    data = SyntheticDataModule(n_way=5, k_shot=2, n_query=3, test_episodes=10, eval_tasks_per_batch=5)
+    model = Reptile(data.image_shape, n_way=5, hidden=16, eval_inner_steps=5, eval_inner_batch=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = trainer(1).test(model, data, verbose=False)[0]
+    second = trainer(1).test(model, data, verbose=False)[0]
+    assert first == second
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_learns_synthetic_episodes():
+    """5-way 1-shot on 32-d vectors: fine-tuning from the meta-learned θ beats fine-tuning from the initial one."""
+    pl.seed_everything(0)
+    data = SyntheticDataModule(shape=(32,), n_way=5, k_shot=4, n_query=1, tasks_per_batch=5, noise=0.3,
+                               eval_k_shot=1, test_episodes=50)
+    model = Reptile(data.image_shape, n_way=5, backbone="mlp", hidden=32, inner_lr=1e-2, eval_inner_steps=10)
+    before = trainer(1).test(model, data, verbose=False)[0]["test/acc"]
+    trainer(100).fit(model, data)
+    after = trainer(1).test(model, data, verbose=False)[0]["test/acc"]
+    assert after > 70 and after > before + 5, (before, after)  # chance is 20%
+
+
+def test_sinusoid_mse_falls():
+    pl.seed_everything(0)
+    data = SinusoidDataModule(k_shot=50, tasks_per_batch=5, eval_k_shot=10, test_episodes=100)
+    model = Reptile(data.image_shape, n_way=0, backbone="mlp", hidden=40, inner_optimizer="sgd", inner_lr=0.02,
+                    inner_steps=5, inner_batch=10, eval_inner_steps=10)
+    before = trainer(1).test(model, data, verbose=False)[0]["test/mse"]
+    trainer(400).fit(model, data)
+    after = trainer(1).test(model, data, verbose=False)[0]["test/mse"]
+    assert after < 0.5 * before, (before, after)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import re
 import shlex
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,14 +50,15 @@ def command_line(args: list[str]) -> str:
 
 
 def this_command() -> str:
-    return command_line(sys.argv)
+    """The benchmark's own command line, with its script path relative to the project, wherever it was run."""
+    return command_line([str(Path(sys.argv[0]).resolve()), *sys.argv[1:]])
 
 
 def train_py(*args: str, log: Path) -> str:
     """Runs train.py, teeing its output to ``log``; returns stdout."""
     command = [sys.executable, str(ROOT / "train.py"), *args]
     with log.open("a") as out:
-        out.write(f"$ {command_line(command)}\n")
+        out.write(f"$ {command_line(command[1:])}\n")
         out.flush()
         result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=out, text=True)
         out.write(result.stdout)
@@ -63,9 +67,61 @@ def train_py(*args: str, log: Path) -> str:
     return result.stdout
 
 
-def last_run(folder: Path) -> Path:
-    """The newest ``version_N`` run folder of a config's log folder."""
-    return max(folder.glob("version_*"), key=lambda p: int(p.name.removeprefix("version_")))
+@dataclass
+class TrainedRun:
+    """A finished ``train.py`` run of a config: how long it took and its best checkpoint."""
+
+    config: str
+    train_args: list[str]
+    minutes: float
+    steps: int
+    algorithm: str
+    best: Path
+    log: Path
+
+    def save(self) -> None:
+        """Writes what ``load`` needs into the run folder (``benchmark.json`` beside ``checkpoints/``)."""
+        fields = {"config": self.config, "train_args": self.train_args, "minutes": self.minutes, "steps": self.steps,
+                  "algorithm": self.algorithm, "best": self.best.name, "log": str(self.log)}
+        (self.best.parents[1] / "benchmark.json").write_text(json.dumps(fields, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, run: Path) -> TrainedRun:
+        """An earlier benchmark run from its folder (``lightning_logs/benchmarks/<config>/version_N``)."""
+        fields = json.loads((run / "benchmark.json").read_text())
+        fields["best"], fields["log"] = run / "checkpoints" / fields["best"], Path(fields["log"])
+        return cls(**fields)
+
+    def test(self, *overrides: str, metric: str = "acc") -> tuple[float, float, str]:
+        """Tests the best checkpoint with ``overrides``: the metric's mean, its 95% CI, and a note saying how
+        the figure was made."""
+        test_args = ["--config", self.config, "--ckpt_path", str(self.best), "--test_only", "true", *overrides,
+                     "--trainer.enable_progress_bar", "false"]
+        out = train_py(*test_args, log=self.log)
+        mean, ci95 = map(float, re.search(rf"^test/{metric} (\S+) ± (\S+)", out, re.M).groups())
+        shown = ["BEST" if arg == str(self.best) else arg for arg in test_args]
+        note = (f"Trained by `{command_line(['train.py', *self.train_args])}` ({self.minutes:.1f} min wall clock, "
+                f"validation included); best checkpoint {self.best.name}, tested by "
+                f"`{command_line(['train.py', *shown])}`.")
+        return mean, ci95, note
+
+
+def train_config(config: str, log_root: str) -> TrainedRun:
+    """Runs ``train.py --config config`` (fit, then test of the best checkpoint) and times it."""
+    name = Path(config).stem
+    log = Path(log_root) / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    train_args = ["--config", config, "--log_root", log_root, "--trainer.enable_progress_bar", "false"]
+    start = time.perf_counter()
+    train_py(*train_args, log=log)
+    minutes = (time.perf_counter() - start) / 60
+    run = max((Path(log_root) / name).glob("version_*"), key=lambda p: int(p.name.removeprefix("version_")))
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    algorithm = last["lightning_meta"]["algorithm"]
+    trained = TrainedRun(config, train_args, minutes, last["global_step"], algorithm, best, log)
+    trained.save()
+    return trained
 
 
 def record(*entries: dict) -> None:
@@ -92,6 +148,7 @@ def render(records: list[dict]) -> str:
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in accuracy:
             within = ", within alphabet" if r.get("within_alphabet") else ""
+            within += f", {r['inner_steps']} inner steps at test" if r.get("inner_steps") is not None else ""
             paper = PAPER.get((r["algorithm"], r["dataset"], r["ways"], r["shots"]))
             lines.append(
                 f"| {r['algorithm']} | {r['dataset']} / {r['split']} | {r['ways']}-way {r['shots']}-shot{within} | "

@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LIGHTNING_META_DATA", ROOT.parent / "shared" / "data"))
@@ -20,3 +21,14 @@ def omniglot(data_root):
     from lightning_meta.data.omniglot import load_characters
 
     return load_characters(data_root)
+
+
+@pytest.fixture
+def trainer():
+    """A factory of quiet CPU trainers for ``steps`` training steps, with gradients allowed in evaluation."""
+
+    def make(steps: int = 1) -> pl.Trainer:
+        return pl.Trainer(max_steps=steps, inference_mode=False, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+
+    return make

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -107,14 +108,23 @@ BAD_INPUT = {
                                             r"k_shot \+ n_query = 25 but every class has only 20 items"),
     "one way": (["--data.n_way", 1], r"need n_way >= 2"),
     "image too small": (["--data.image_size", 8], r"needs at least 16x16 pixels"),
+    "MAML in inference mode": (["--config", "maml.yaml", "--trainer.inference_mode", "true"],
+                               r"MAML takes gradient steps when it evaluates; set trainer.inference_mode: false"),
+    "MAML output layer and ways differ": (["--config", "maml.yaml", "--data.n_way", 20],
+                                          r"model.n_way is 5 but the data gives 20-way train episodes"),
+    "Reptile without max_steps to anneal over": (["--config", "reptile.yaml", "--trainer.max_steps", -1],
+                                                 r"lr_final anneals .* set max_steps"),
+    "ProtoNet on regression data": (["--config", "maml_sinusoid.yaml", "--model", "ProtoNet"],
+                                    r"ProtoNet learns classification episodes, but the data gives regression"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUT)
 def test_bad_config_is_one_line_before_training(case, data_root, protonet_run):
     args, pattern = BAD_INPUT[case]
+    config = [] if "--config" in args else ["--config", "proto.yaml"]
     before = snapshot(protonet_run)
-    one_line_error(train("--config", "proto.yaml", *args, data_root=data_root, log_root=protonet_run), pattern)
+    one_line_error(train(*config, *args, data_root=data_root, log_root=protonet_run), pattern)
     assert snapshot(protonet_run) == before
 
 
@@ -152,6 +162,18 @@ def test_bad_checkpoint_is_rejected_and_nothing_is_touched(damage, protonet_run,
     one_line_error(train("--config", "proto_synthetic.yaml", "--ckpt_path", bad, *args, *TINY, log_root=protonet_run),
                    pattern)
     assert snapshot(protonet_run) == before
+
+
+def test_regression_run_keeps_the_lowest_validation_mse_and_prints_test_mse(tmp_path):
+    out = ok(train("--config", "maml_sinusoid.yaml", "--trainer.max_steps", 20, "--data.batches_per_epoch", 10,
+                   "--data.val_episodes", 20, "--data.test_episodes", 30, *TINY, log_root=tmp_path))
+    assert re.search(r"^test/mse \d+\.\d{4} ± \d+\.\d{4}  \(sinusoid, K=10, 100 query points, 30 tasks\)$", out, re.M)
+    run = tmp_path / "maml_sinusoid" / "version_0"
+    events = EventAccumulator(str(run))
+    events.Reload()
+    val_mse = {e.step: e.value for e in events.Scalars("val/mse")}  # logged at the end of each epoch
+    lowest = min(val_mse, key=val_mse.get)
+    assert len(val_mse) == 2 and (run / "checkpoints" / f"best-{lowest + 1}-{val_mse[lowest]:.4f}.ckpt").exists()
 
 
 def test_print_config_resolves_a_bare_config_name():

@@ -66,23 +66,7 @@ def test_epsilon_anneals_linearly_to_lr_final():
     assert seen == pytest.approx([1.0, 0.8, 0.6, 0.4])
 
 
-def trainer(steps: int) -> pl.Trainer:
-    return pl.Trainer(max_steps=steps, inference_mode=False, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-
-
-def test_evaluation_leaves_the_meta_parameters_alone_and_repeats_exactly():
-    data = SyntheticDataModule(n_way=5, k_shot=2, n_query=3, test_episodes=10, eval_tasks_per_batch=5)
-    model = Reptile(data.image_shape, n_way=5, hidden=16, eval_inner_steps=5, eval_inner_batch=4)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    first = trainer(1).test(model, data, verbose=False)[0]
-    second = trainer(1).test(model, data, verbose=False)[0]
-    assert first == second
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert all(p.grad is None for p in model.parameters())
-
-
-def test_learns_synthetic_episodes():
+def test_learns_synthetic_episodes(trainer):
     """5-way 1-shot on 32-d vectors: fine-tuning from the meta-learned θ beats fine-tuning from the initial one."""
     pl.seed_everything(0)
     data = SyntheticDataModule(shape=(32,), n_way=5, k_shot=4, n_query=1, tasks_per_batch=5, noise=0.3,
@@ -94,7 +78,7 @@ def test_learns_synthetic_episodes():
     assert after > 70 and after > before + 5, (before, after)  # chance is 20%
 
 
-def test_sinusoid_mse_falls():
+def test_sinusoid_mse_falls(trainer):
     pl.seed_everything(0)
     data = SinusoidDataModule(k_shot=50, tasks_per_batch=5, eval_k_shot=10, test_episodes=100)
     model = Reptile(data.image_shape, n_way=0, backbone="mlp", hidden=40, inner_optimizer="sgd", inner_lr=0.02,

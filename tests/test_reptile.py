@@ -9,10 +9,11 @@ from torch.utils.data import DataLoader
 from lightning_meta import Episode, Reptile, SinusoidDataModule, SyntheticDataModule
 
 
-def fit_on(model: Reptile, episode: Episode, steps: int = 1) -> None:
-    pl.Trainer(max_steps=steps, inference_mode=False, logger=False, enable_checkpointing=False,
+def fit_on(model: Reptile, *episodes: Episode) -> None:
+    """One outer step per episode."""
+    pl.Trainer(max_steps=len(episodes), inference_mode=False, logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-               ).fit(model, DataLoader([episode] * steps, batch_size=None))
+               ).fit(model, DataLoader(list(episodes), batch_size=None))
 
 
 @pytest.mark.parametrize("inner_optimizer, backbone, shape, alpha", [
@@ -48,6 +49,46 @@ def test_one_outer_step_moves_theta_by_epsilon_times_the_mean_of_w_minus_theta(i
         assert torch.allclose(p.detach(), theta[name] + epsilon * mean_move, atol=1e-6, rtol=1e-5), name
         moved += mean_move.abs().sum().item()
     assert moved > 0.1
+
+
+def test_adam_moment_carries_over_from_step_to_step_as_the_mean_over_tasks():
+    """Two outer steps with inner Adam (beta1 = 0). In the second, each task's torch.optim.Adam starts from the
+    mean of the second moments (exp_avg_sq) that the first step's tasks ended with, and from their step count."""
+    torch.manual_seed(0)
+    T, N, K, epsilon, k, alpha, shape = 3, 3, 2, 0.7, 4, 0.01, (8,)
+    model = Reptile(shape, n_way=N, backbone="mlp", hidden=4, inner_lr=alpha, inner_steps=k, inner_batch=N * K,
+                    lr=epsilon, lr_final=None)
+    labels = torch.arange(N).repeat_interleave(K).expand(T, -1)
+    episodes = [Episode(torch.randn(T, N * K, *shape), labels, torch.randn(T, N, *shape),
+                        torch.arange(N).expand(T, -1), N) for _ in range(2)]
+    net, moment = copy.deepcopy(model.net), None
+    for episode in episodes:
+        theta = {name: p.detach().clone() for name, p in net.named_parameters()}
+        moves, moments = [], []
+        for support, task_labels in zip(episode.support, episode.support_labels):
+            task_net = copy.deepcopy(net)
+            optimizer = torch.optim.Adam(task_net.parameters(), lr=alpha, betas=(0.0, 0.999))
+            if moment is not None:
+                for name, p in task_net.named_parameters():
+                    optimizer.state[p] = {"step": torch.tensor(float(k)), "exp_avg": torch.zeros_like(p),
+                                          "exp_avg_sq": moment[name].clone()}
+            for _ in range(k):
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(task_net(support), task_labels).backward()
+                optimizer.step()
+            moves.append({name: p.detach() - theta[name] for name, p in task_net.named_parameters()})
+            moments.append({name: optimizer.state[p]["exp_avg_sq"] for name, p in task_net.named_parameters()})
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                p += epsilon * torch.stack([move[name] for move in moves]).mean(0)
+        moment = {name: torch.stack([m[name] for m in moments]).mean(0) for name in theta}
+    fit_on(model, *episodes)
+    expected = dict(net.named_parameters())
+    for name, p in model.net.named_parameters():
+        assert torch.allclose(p.detach(), expected[name].detach(), atol=1e-6, rtol=1e-5), name
+    assert torch.allclose(model.inner_v, torch.cat([moment[name].flatten() for name in expected]), rtol=1e-4,
+                          atol=1e-12)
+    assert model.inner_t.item() == 2 * k
 
 
 def test_epsilon_anneals_linearly_to_lr_final():

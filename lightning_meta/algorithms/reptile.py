@@ -33,7 +33,11 @@ class Reptile(GradientLearner):
         n_way: N output units; 0 for regression.
         backbone: the feature network (``conv4`` in the paper's Omniglot runs).
         hidden: its filters (or units).
-        inner_optimizer: ``adam`` (the paper's, with β1 = 0 as in its code; fresh for every task) or ``sgd``.
+        inner_optimizer: ``adam`` (the paper's, with β1 = 0 as in its code) or ``sgd``. As in the paper's code,
+            Adam's second moment and step count carry over from task to task and step to step (they are the
+            buffers ``inner_v`` and ``inner_t``, so checkpoints keep them): every task of a meta-batch starts
+            from the stored moment, which then becomes the mean of the tasks' moments (the paper's code runs the
+            tasks one after another instead). Evaluation starts from it and leaves it unchanged.
         inner_lr: its learning rate.
         inner_steps: k, optimiser steps per task in training.
         inner_batch: examples per inner mini-batch (the support set, reshuffled after each pass).
@@ -72,6 +76,9 @@ class Reptile(GradientLearner):
             raise ConfigError("model.inner_steps, inner_batch, eval_inner_steps and eval_inner_batch must be >= 1 and "
                               f"inner_lr > 0 (got {inner_steps}, {inner_batch}, {eval_inner_steps}, "
                               f"{eval_inner_batch}, {inner_lr})")
+        size = sum(p.numel() for p in self.meta_parameters().values())
+        self.register_buffer("inner_v", torch.zeros(size))  # Adam's second moment of θ's coordinates, flattened
+        self.register_buffer("inner_t", torch.zeros((), dtype=torch.long))  # Adam steps taken in training
 
     def mini_batches(self, n: int, steps: int, batch: int | None, generator: torch.Generator) -> Tensor:
         """Indices [steps, B] of the examples of each inner step: consecutive shuffled passes over the n."""
@@ -83,42 +90,52 @@ class Reptile(GradientLearner):
     def batch_loss(self, W: Params, x: Tensor, y: Tensor) -> Tensor:
         return self.loss(self.f(W, x), y)
 
-    def inner_train(self, theta: Params, x: Tensor, y: Tensor, batches: Tensor) -> Params:
+    def adam_moment(self) -> Params:
+        """The stored second moment, as a name -> tensor dict shaped like θ."""
+        sizes = [p.numel() for p in self.meta_parameters().values()]
+        chunks = self.inner_v.split(sizes)
+        return {k: v.view_as(p) for (k, p), v in zip(self.meta_parameters().items(), chunks)}
+
+    def inner_train(self, theta: Params, v: Params, x: Tensor, y: Tensor, batches: Tensor) -> tuple[Params, Params]:
         """W = SGD_k(L, θ) on one task: one SGD or Adam step per row of ``batches`` (written out as tensor
-        operations, so that the tasks of a meta-batch run together under vmap)."""
+        operations, so that the tasks of a meta-batch run together under vmap), starting from Adam's second
+        moment v; returns W and the moment after the steps."""
         hp = self.hparams
         W = theta
-        v = {k: torch.zeros_like(p) for k, p in W.items()}  # Adam's second moment; β1 = 0, so no first moment
-        for t, i in enumerate(batches, start=1):
+        for t, i in enumerate(batches, start=int(self.inner_t) + 1):
             g = torch.func.grad(self.batch_loss)(W, x[i], y[i])
             if hp.inner_optimizer == "sgd":
                 W = {k: p - hp.inner_lr * g[k] for k, p in W.items()}
-            else:  # Adam with β1 = 0, β2 = 0.999 (the paper's code)
+            else:  # Adam with β1 = 0 (so no first moment), β2 = 0.999: the paper's code
                 v = {k: ADAM_BETA2 * v[k] + (1 - ADAM_BETA2) * g[k].square() for k in W}
                 W = {k: p - hp.inner_lr * g[k] / ((v[k] / (1 - ADAM_BETA2**t)).sqrt() + ADAM_EPS) for k, p in W.items()}
-        return W
+        return W, v
 
-    def adapt_each(self, episode: Episode, steps: int, batch: int | None, seed: int) -> tuple[Params, Tensor]:
-        """W_τ for every task of the batch (stacked: [T, ...] per parameter), and f_W_τ(query_τ) [T, NQ, N]."""
+    def adapt_each(self, episode: Episode, steps: int, batch: int | None, seed: int) -> tuple[Params, Params, Tensor]:
+        """W_τ and Adam's moment v_τ for every task of the batch (stacked: [T, ...] per parameter), and
+        f_W_τ(query_τ) [T, NQ, N]."""
         T, n = episode.support.shape[:2]
         generator = torch.Generator().manual_seed(seed)
         batches = torch.stack([self.mini_batches(n, steps, batch, generator) for _ in range(T)])  # [T, steps, B]
-        theta = {k: p.detach() for k, p in self.meta_parameters().items()}
+        theta, v = {k: p.detach() for k, p in self.meta_parameters().items()}, self.adam_moment()
 
-        def task(x: Tensor, y: Tensor, query: Tensor, task_batches: Tensor) -> tuple[Params, Tensor]:
-            W = self.inner_train(theta, x, y, task_batches)
-            return W, self.query_outputs(W, x, query)
+        def task(x: Tensor, y: Tensor, query: Tensor, task_batches: Tensor) -> tuple[Params, Params, Tensor]:
+            W, v_task = self.inner_train(theta, v, x, y, task_batches)
+            return W, v_task, self.query_outputs(W, x, query)
 
         with torch.no_grad():
             return torch.func.vmap(task)(episode.support, episode.support_labels, episode.query, batches)
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         hp = self.hparams
-        W, outputs = self.adapt_each(episode, hp.inner_steps, hp.inner_batch, seed=self.global_step)
+        W, v, outputs = self.adapt_each(episode, hp.inner_steps, hp.inner_batch, seed=self.global_step)
+        if hp.inner_optimizer == "adam":
+            self.inner_v.copy_(torch.cat([v[k].mean(0).flatten() for k in W]))
+            self.inner_t += hp.inner_steps
         theta = self.meta_parameters()
         loss = sum(0.5 * (p - W[k].mean(0)).pow(2).sum() for k, p in theta.items())  # ∇_θ = θ − mean_τ W_τ
         return loss, outputs
 
     def predict(self, episode: Episode) -> Tensor:
         hp = self.hparams
-        return self.adapt_each(episode, hp.eval_inner_steps, hp.eval_inner_batch, seed=0)[1]
+        return self.adapt_each(episode, hp.eval_inner_steps, hp.eval_inner_batch, seed=0)[2]

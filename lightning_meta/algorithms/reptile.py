@@ -92,9 +92,9 @@ class Reptile(GradientLearner):
 
     def adam_moment(self) -> Params:
         """The stored second moment, as a name -> tensor dict shaped like θ."""
-        sizes = [p.numel() for p in self.meta_parameters().values()]
-        chunks = self.inner_v.split(sizes)
-        return {k: v.view_as(p) for (k, p), v in zip(self.meta_parameters().items(), chunks)}
+        theta = self.meta_parameters()
+        chunks = self.inner_v.split([p.numel() for p in theta.values()])
+        return {k: v.view_as(p) for (k, p), v in zip(theta.items(), chunks)}
 
     def inner_train(self, theta: Params, v: Params, x: Tensor, y: Tensor, batches: Tensor) -> tuple[Params, Params]:
         """W = SGD_k(L, θ) on one task: one SGD or Adam step per row of ``batches`` (written out as tensor

@@ -1,11 +1,21 @@
 """lightning_meta: meta-learning algorithms as PyTorch Lightning modules over episodic few-shot data."""
 
-from lightning_meta.algorithms import ALGORITHMS, MAML, MetaLearner, ProtoNet, Reptile
+from lightning_meta.algorithms import (
+    ALGORITHMS,
+    MAML,
+    MatchingNetwork,
+    MetaLearner,
+    ProtoNet,
+    RelationNetwork,
+    Reptile,
+    Siamese,
+)
 from lightning_meta.data import EpisodicDataModule, OmniglotDataModule, SinusoidDataModule, SyntheticDataModule
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
 
 __all__ = [
-    "ALGORITHMS", "ConfigError", "Episode", "EpisodicDataModule", "MAML", "MetaLearner", "OmniglotDataModule",
-    "ProtoNet", "Reptile", "SinusoidDataModule", "SyntheticDataModule",
+    "ALGORITHMS", "ConfigError", "Episode", "EpisodicDataModule", "MAML", "MatchingNetwork", "MetaLearner",
+    "OmniglotDataModule", "ProtoNet", "RelationNetwork", "Reptile", "Siamese", "SinusoidDataModule",
+    "SyntheticDataModule",
 ]  # fmt: skip

@@ -78,6 +78,44 @@ def conv4_strided(image_shape: tuple[int, ...], hidden: int = 64) -> nn.Sequenti
     return net.to(memory_format=torch.channels_last)
 
 
+@register_backbone("conv4_maps")
+def conv4_maps(image_shape: tuple[int, ...], hidden: int = 64) -> nn.Sequential:
+    """The embedding of Sung et al. (2018): four blocks of 3x3 conv, batch norm and ReLU; the first two unpadded
+    and max-pooled, the last two padded and not pooled. Returns feature maps: [B, 64, 5, 5] at 28x28."""
+    if len(image_shape) != 3:
+        raise ConfigError(f"conv4_maps needs images (C, H, W), got input shape {tuple(image_shape)}")
+    channels, height, width = image_shape
+    if min(height, width) < 10:
+        raise ConfigError(f"conv4_maps needs at least 10x10 pixels, got {height}x{width}; raise data.image_size")
+    unpadded = [nn.Conv2d(channels, hidden, 3), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                nn.Conv2d(hidden, hidden, 3), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    net = nn.Sequential(ChannelsLast(), *unpadded, conv_block(hidden, hidden, pool=False),
+                        conv_block(hidden, hidden, pool=False))
+    return net.to(memory_format=torch.channels_last)
+
+
+@register_backbone("koch")
+def koch(image_shape: tuple[int, ...], hidden: int = 4096) -> nn.Sequential:
+    """The Siamese twin of Koch, Zemel & Salakhutdinov (2015) for 105x105 images: conv 64@10x10, max-pool,
+    128@7x7, max-pool, 128@4x4, max-pool, 256@4x4 (each conv followed by ReLU), then a ``hidden``-unit
+    (4,096) fully connected layer with sigmoid."""
+    if len(image_shape) != 3:
+        raise ConfigError(f"koch needs images (C, H, W), got input shape {tuple(image_shape)}")
+    channels, height, width = image_shape
+    if min(height, width) < 65:
+        raise ConfigError(f"koch is built for 105x105 images and needs at least 65x65, got {height}x{width}; "
+                          f"set data.image_size: 105")
+    convs = nn.Sequential(
+        nn.Conv2d(channels, 64, 10), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 7), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(128, 128, 4), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(128, 256, 4), nn.ReLU(inplace=True), nn.Flatten(),
+    )  # fmt: skip
+    features = convs(torch.zeros(1, *image_shape)).shape[1]  # 256 * 6 * 6 at 105x105
+    layers = [ChannelsLast(), *convs, nn.Linear(features, hidden), nn.Sigmoid()]
+    return nn.Sequential(*layers).to(memory_format=torch.channels_last)
+
+
 @register_backbone("mlp")
 def mlp(image_shape: tuple[int, ...], hidden: int = 64, layers: int = 2) -> nn.Sequential:
     """``layers`` ReLU layers of ``hidden`` units on flattened inputs (vector data: the synthetic set, sinusoids)."""

@@ -1,10 +1,11 @@
-"""Few-shot accuracy on Omniglot (vinyals split): train with a config, then test the best checkpoint on
+"""Few-shot accuracy on Omniglot (the split of the config): train with a config, then test the best checkpoint on
 1,000 fixed test episodes of each requested shape, and record the results.
 
     python benchmarks/omniglot_accuracy.py                                   # proto.yaml; 5w1s 5w5s 20w1s 20w5s
     python benchmarks/omniglot_accuracy.py --config proto_5shot.yaml --shapes 5w5s 20w5s
     python benchmarks/omniglot_accuracy.py --config maml.yaml --shapes 5w1s 5w5s
     python benchmarks/omniglot_accuracy.py --config fomaml.yaml --label fomaml --shapes 5w1s 5w5s
+    python benchmarks/omniglot_accuracy.py --config siamese_lake.yaml --shapes 20w1s   # lake split, within alphabet
     python benchmarks/omniglot_accuracy.py --run lightning_logs/benchmarks/maml/version_0 --eval_inner_steps 10
 
 Run it on an otherwise idle machine. The training command and each test command are recorded with the
@@ -17,6 +18,7 @@ import argparse
 import os
 from pathlib import Path
 
+import yaml
 from results import ROOT, TrainedRun, hardware, record, this_command, today, train_config
 
 SHAPES = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
@@ -34,6 +36,7 @@ def main() -> None:
                         help="inner steps at test time (MAML, Reptile; default: the config's)")
     args = parser.parse_args()
     run = TrainedRun.load(args.run) if args.run else train_config(args.config, args.log_root)
+    data = yaml.safe_load((run.best.parents[1] / "config.yaml").read_text())["data"]["init_args"]
     for shape in args.shapes:
         ways, shots = SHAPES[shape]
         for steps in args.eval_inner_steps:
@@ -43,7 +46,8 @@ def main() -> None:
             print(f"{shape}{'' if steps is None else f', {steps} inner steps'}: {acc:.2f} ± {ci95:.2f}")
             record({
                 "kind": "accuracy", "algorithm": args.label or run.algorithm, "dataset": "omniglot",
-                "split": "vinyals", "ways": ways, "shots": shots, "within_alphabet": False, "inner_steps": steps,
+                "split": data["split"], "ways": ways, "shots": shots, "within_alphabet": data["within_alphabet"],
+                "inner_steps": steps,
                 "test_episodes": args.test_episodes, "acc": acc, "ci95": ci95, "train_minutes": run.minutes,
                 "train_steps": run.steps, "hardware": hardware(), "date": today(), "command": this_command(),
                 "note": note,

@@ -31,6 +31,13 @@ PAPER = {  # published test accuracy (%) by (algorithm, dataset, ways, shots); a
     ("maml", "omniglot", 20, 1): 95.8, ("maml", "omniglot", 20, 5): 98.9,
     ("reptile", "omniglot", 5, 1): "97.68 (transductive); 95.39", ("reptile", "omniglot", 5, 5): "99.48; 98.90",
     ("reptile", "omniglot", 20, 1): "89.43; 88.14", ("reptile", "omniglot", 20, 5): "97.12; 96.65",
+    ("siamese", "omniglot", 5, 1): 96.7, ("siamese", "omniglot", 5, 5): 98.4,
+    ("siamese", "omniglot", 20, 1): 88.0, ("siamese", "omniglot", 20, 5): 96.5,
+    ("siamese", "omniglot", 20, 1, "within alphabet"): 92.0,
+    ("matching", "omniglot", 5, 1): 98.1, ("matching", "omniglot", 5, 5): 98.9,
+    ("matching", "omniglot", 20, 1): 93.8, ("matching", "omniglot", 20, 5): 98.5,
+    ("relation", "omniglot", 5, 1): 99.6, ("relation", "omniglot", 5, 5): 99.8,
+    ("relation", "omniglot", 20, 1): 97.6, ("relation", "omniglot", 20, 5): 99.1,
 }  # fmt: skip
 
 
@@ -148,10 +155,12 @@ def render(records: list[dict]) -> str:
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in accuracy:
             within = ", within alphabet" if r.get("within_alphabet") else ""
-            within += f", {r['inner_steps']} inner steps at test" if r.get("inner_steps") is not None else ""
-            paper = PAPER.get((r["algorithm"], r["dataset"], r["ways"], r["shots"]))
+            steps = f", {r['inner_steps']} inner steps at test" if r.get("inner_steps") is not None else ""
+            key = (r["algorithm"], r["dataset"], r["ways"], r["shots"]) + (("within alphabet",) if within else ())
+            paper = PAPER.get(key)
+            episodes = f"{r['ways']}-way {r['shots']}-shot{within}{steps}"
             lines.append(
-                f"| {r['algorithm']} | {r['dataset']} / {r['split']} | {r['ways']}-way {r['shots']}-shot{within} | "
+                f"| {r['algorithm']} | {r['dataset']} / {r['split']} | {episodes} | "
                 f"**{r['acc']:.2f} ± {r['ci95']:.2f}** | {paper if paper else '–'} | {r['test_episodes']} | "
                 f"{r['train_steps']} steps, {r['train_minutes']:.1f} min | {r['hardware']} | {r['date']} |")
         lines += commands(accuracy)

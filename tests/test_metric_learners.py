@@ -124,15 +124,15 @@ def fce_by_the_equations(fce, g_prime, f_prime, steps):
     g = torch.stack(forward) + torch.stack(backward) + g_prime
     cell, f = fce.f_lstm, []
     for x in f_prime:
-        h = r = c = torch.zeros(D, dtype=g_prime.dtype)
+        h = c = torch.zeros(D, dtype=g_prime.dtype)
         for _ in range(steps):
+            r = torch.softmax(g @ h, 0) @ g  # r_{k-1} = Σ_i a(h_{k-1}, g(x_i)) g(x_i)
             # LSTM(f'(x̂), [h_{k-1}, r_{k-1}], c_{k-1}): the hidden input [h, r] feeds the gates through
             # weight_hh (for h) and the columns of weight_ih after the first D (for r)
             w_x, w_r = cell.weight_ih[:, :D], cell.weight_ih[:, D:]
             h_hat, c = lstm_step(x, torch.cat([h, r]), c, w_x, torch.cat([cell.weight_hh, w_r], 1), cell.bias_ih,
                                  cell.bias_hh)
             h = h_hat + x
-            r = torch.softmax(g @ h, 0) @ g
         f.append(h)
     return g, torch.stack(f)
 

@@ -6,9 +6,9 @@ a(x̂, x_i) = softmax_i cos(f(x̂), g(x_i)); the loss is −log ŷ of the true c
 f = g = f_θ. Full Context Embeddings (FCE, the paper's appendix) make both depend on the whole support set S:
 
     g(x_i, S) = h→_i + h←_i + g'(x_i)                     a bidirectional LSTM over the support embeddings g'(x_i)
-    ĥ_k, c_k = LSTM(f'(x̂), [h_{k−1}, r_{k−1}], c_{k−1})   K processing steps of the attention LSTM,
-    h_k = ĥ_k + f'(x̂)                                      from h_0 = r_0 = c_0 = 0
-    r_k = Σ_i softmax_i(h_k · g(x_i)) g(x_i)
+    r_{k−1} = Σ_i softmax_i(h_{k−1} · g(x_i)) g(x_i)       K processing steps of the attention LSTM,
+    ĥ_k, c_k = LSTM(f'(x̂), [h_{k−1}, r_{k−1}], c_{k−1})   from h_0 = c_0 = 0 (so r_0 is the mean of the g(x_i))
+    h_k = ĥ_k + f'(x̂)
     f(x̂, S) = h_K
 
 where f' = g' = f_θ.
@@ -47,12 +47,12 @@ class FullContextEmbeddings(nn.Module):
     def f(self, f_prime: Tensor, g: Tensor) -> Tensor:  # [T, NQ, D], [T, NK, D] -> [T, NQ, D]
         T, NQ, D = f_prime.shape
         x = f_prime.reshape(T * NQ, D)
-        h, c, r = torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x)  # h_0, c_0, r_0
+        h, c = torch.zeros_like(x), torch.zeros_like(x)  # h_0, c_0
         for _ in range(self.processing_steps):
+            attention = torch.softmax(h.view(T, NQ, D) @ g.transpose(1, 2), dim=-1)  # [T, NQ, NK]
+            r = (attention @ g).reshape(T * NQ, D)  # r_{k-1}
             h_hat, c = self.f_lstm(torch.cat([x, r], dim=-1), (h, c))
             h = h_hat + x  # h_k = ĥ_k + f'(x̂)
-            attention = torch.softmax(h.view(T, NQ, D) @ g.transpose(1, 2), dim=-1)  # [T, NQ, NK]
-            r = (attention @ g).reshape(T * NQ, D)  # r_k
         return h.view(T, NQ, D)
 
 

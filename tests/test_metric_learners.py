@@ -10,6 +10,7 @@ from torch import nn
 
 from lightning_meta import Episode, MatchingNetwork, RelationNetwork, Siamese, SyntheticDataModule
 from lightning_meta.algorithms.siamese import verification_pairs
+from lightning_meta.errors import ConfigError
 
 
 def sigmoid(x: float) -> float:
@@ -85,19 +86,45 @@ def test_siamese_training_loss_is_the_balanced_binary_cross_entropy():
 
 # Matching Networks
 
-def test_matching_attention_and_prediction_by_hand():
+@pytest.mark.parametrize("s", [1.0, 3.0])
+def test_matching_attention_and_prediction_by_hand(s):
     """Identity embedding. Query (1, 0); support (1, 0) and (-1, 0) of class 0, (0, 1) and (1, 1) of class 1:
-    cosines 1, -1, 0, 1/√2; ŷ_0 = (e + e⁻¹) / Σ, ŷ_1 = (1 + e^(1/√2)) / Σ with Σ the sum of the four."""
-    model = MatchingNetwork(image_shape=(2,), backbone="mlp")
+    cosines 1, -1, 0, 1/√2; with E_i = exp(s · cos_i), ŷ_0 = (E_0 + E_2) / Σ, ŷ_1 = (E_1 + E_3) / Σ, Σ = Σ_i E_i."""
+    model = MatchingNetwork(image_shape=(2,), backbone="mlp", scale=s)
     model.f_theta = nn.Identity()
     episode = Episode(support=torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]]]),
                       support_labels=torch.tensor([[0, 1, 0, 1]]), query=torch.tensor([[[1.0, 0.0]]]),
                       query_labels=torch.tensor([[1]]), n_way=2)
-    e = [math.exp(c) for c in (1, -1, 0, 1 / math.sqrt(2))]
-    y_hat = [(e[0] + e[1]) / sum(e), (e[2] + e[3]) / sum(e)]
+    E = [math.exp(s * c) for c in (1, 0, -1, 1 / math.sqrt(2))]
+    y_hat = [(E[0] + E[2]) / sum(E), (E[1] + E[3]) / sum(E)]
     loss, log_y_hat = model.meta_loss(episode)
     assert torch.allclose(log_y_hat.exp()[0, 0], torch.tensor(y_hat))
     assert math.isclose(loss.item(), -math.log(y_hat[1]), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("learn_scale", [False, True])
+def test_matching_scale_is_learned_only_when_asked(learn_scale):
+    """The loss −log ŷ_1 of the example above as a function of s has the derivative
+    −(Σ_{i∈1} c_i E_i) / (Σ_{i∈1} E_i) + (Σ_i c_i E_i) / Σ_i E_i; the learned s receives it, a fixed s nothing."""
+    model = MatchingNetwork(image_shape=(2,), backbone="mlp", scale=2.0, learn_scale=learn_scale)
+    model.f_theta = nn.Identity()
+    episode = Episode(support=torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]]]),
+                      support_labels=torch.tensor([[0, 1, 0, 1]]),
+                      query=torch.tensor([[[1.0, 0.0]]], requires_grad=True),  # so that the loss has a graph
+                      query_labels=torch.tensor([[1]]), n_way=2)
+    model.meta_loss(episode)[0].backward()
+    c = [1, 0, -1, 1 / math.sqrt(2)]
+    E = [math.exp(2.0 * ci) for ci in c]
+    expected = -(c[1] * E[1] + c[3] * E[3]) / (E[1] + E[3]) + sum(ci * Ei for ci, Ei in zip(c, E)) / sum(E)
+    if learn_scale:
+        assert math.isclose(model.scale.grad.item(), expected, rel_tol=1e-5)
+    else:
+        assert model.scale.grad is None
+
+
+def test_matching_refuses_a_nonpositive_scale():
+    with pytest.raises(ConfigError, match="model.scale"):
+        MatchingNetwork(image_shape=(2,), backbone="mlp", scale=0.0)
 
 
 def lstm_step(x, h, c, weight_ih, weight_hh, bias_ih, bias_hh):

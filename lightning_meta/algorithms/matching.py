@@ -2,7 +2,7 @@
 Learning", NeurIPS 2016).
 
 A query x̂ is labelled by attention over the support set: ŷ = Σ_i a(x̂, x_i) y_i with y_i one-hot and
-a(x̂, x_i) = softmax_i cos(f(x̂), g(x_i)); the loss is −log ŷ of the true class. In the simple version
+a(x̂, x_i) = softmax_i s · cos(f(x̂), g(x_i)); the loss is −log ŷ of the true class. In the simple version
 f = g = f_θ. Full Context Embeddings (FCE, the paper's appendix) make both depend on the whole support set S:
 
     g(x_i, S) = h→_i + h←_i + g'(x_i)                     a bidirectional LSTM over the support embeddings g'(x_i)
@@ -12,6 +12,13 @@ f = g = f_θ. Full Context Embeddings (FCE, the paper's appendix) make both depe
     f(x̂, S) = h_K
 
 where f' = g' = f_θ.
+
+The paper's attention has s = 1. A cosine lies in [−1, 1], so then the attention can never be sharp: in 5-way
+1-shot the true class gets at most e / (e + 4/e) ≈ 0.65 (cosines +1 and −1), and e / (e + 4) ≈ 0.40 with the
+nonnegative (ReLU) embeddings of conv4, so the loss never saturates and keeps pushing on solved episodes.
+Re-implementations of the literal formula reach about 92% on Omniglot 5-way 1-shot (ours: 86.6% in 24,000 episodes),
+far from the paper's 98.1. ``scale`` (s) and ``learn_scale`` give the softmax an inverse temperature, fixed or
+learned from its initial value, as the metric scaling of Oreshkin et al. (TADAM, NeurIPS 2018).
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ class MatchingNetwork(MetricLearner):
         image_shape: input shape, e.g. (1, 28, 28).
         fce: use Full Context Embeddings.
         processing_steps: K, the steps of the attention LSTM of f (with ``fce``).
+        scale: s, the inverse temperature of the attention softmax (1: the paper's formula).
+        learn_scale: learn s, starting from ``scale``.
         backbone: f_θ (``conv4``: the paper's 64-d Omniglot embedding); it must give vectors.
         hidden: filters (or units) of the backbone.
         **kwargs: optimiser settings, see :class:`MetricLearner`.
@@ -72,14 +81,18 @@ class MatchingNetwork(MetricLearner):
     name = "matching"
 
     def __init__(self, image_shape: tuple[int, ...], fce: bool = False, processing_steps: int = 5,
-                 backbone: str = "conv4", hidden: int = 64, **kwargs: Any) -> None:
+                 scale: float = 1.0, learn_scale: bool = False, backbone: str = "conv4", hidden: int = 64,
+                 **kwargs: Any) -> None:
         super().__init__(image_shape, backbone=backbone, hidden=hidden, **kwargs)
         if processing_steps < 1:
             raise ConfigError(f"model.processing_steps must be at least 1 (got {processing_steps})")
         if len(self.z_shape) != 1:
             raise ConfigError(f"Matching Networks need embedding vectors, but backbone {backbone!r} gives feature "
                               f"maps {self.z_shape}; choose conv4")
+        if scale <= 0:
+            raise ConfigError(f"model.scale must be positive (got {scale}); 1 is the paper's attention")
         self.fce = FullContextEmbeddings(self.z_shape[0], processing_steps) if fce else None
+        self.scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=learn_scale)
 
     def predict(self, episode: Episode) -> Tensor:
         g, f = self.embed(episode)  # g'(x_i) [T, NK, D], f'(x̂) [T, NQ, D]
@@ -87,5 +100,5 @@ class MatchingNetwork(MetricLearner):
             g = self.fce.g(g)
             f = self.fce.f(f, g)
         cosine = F.cosine_similarity(f[:, :, None], g[:, None], dim=-1)  # cos(f(x̂), g(x_i)), [T, NQ, NK]
-        log_a = cosine.log_softmax(dim=-1)  # log a(x̂, x_i)
+        log_a = (self.scale * cosine).log_softmax(dim=-1)  # log a(x̂, x_i)
         return logsumexp_by_class(log_a, episode.support_labels, episode.n_way)  # log ŷ_n = log Σ_{y_i = n} a

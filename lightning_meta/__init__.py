@@ -5,6 +5,7 @@ from lightning_meta.algorithms import (
     MAML,
     MatchingNetwork,
     MetaLearner,
+    MetaNet,
     ProtoNet,
     RelationNetwork,
     Reptile,
@@ -15,7 +16,7 @@ from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
 
 __all__ = [
-    "ALGORITHMS", "ConfigError", "Episode", "EpisodicDataModule", "MAML", "MatchingNetwork", "MetaLearner",
+    "ALGORITHMS", "ConfigError", "Episode", "EpisodicDataModule", "MAML", "MatchingNetwork", "MetaLearner", "MetaNet",
     "OmniglotDataModule", "ProtoNet", "RelationNetwork", "Reptile", "Siamese", "SinusoidDataModule",
     "SyntheticDataModule",
 ]  # fmt: skip

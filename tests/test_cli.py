@@ -109,7 +109,8 @@ BAD_INPUT = {
     "one way": (["--data.n_way", 1], r"need n_way >= 2"),
     "image too small": (["--data.image_size", 8], r"needs at least 16x16 pixels"),
     "MAML in inference mode": (["--config", "maml.yaml", "--trainer.inference_mode", "true"],
-                               r"MAML takes gradient steps when it evaluates; set trainer.inference_mode: false"),
+                               r"MAML takes gradients on the support set when it evaluates; "
+                               r"set trainer.inference_mode: false"),
     "MAML output layer and ways differ": (["--config", "maml.yaml", "--data.n_way", 20],
                                           r"model.n_way is 5 but the data gives 20-way train episodes"),
     "Reptile without max_steps to anneal over": (["--config", "reptile.yaml", "--trainer.max_steps", -1],

@@ -43,7 +43,7 @@ class MetaLearner(pl.LightningModule, ABC):
 
     name: ClassVar[str]
     tasks: ClassVar[tuple[str, ...]] = ("classification",)  # the kinds of episode (data.task) it can learn
-    adapts_at_evaluation: ClassVar[bool] = False  # takes gradient steps in validation and test
+    adapts_at_evaluation: ClassVar[bool] = False  # needs gradients on the support set in validation and test
 
     def __init__(
         self,
@@ -77,10 +77,18 @@ class MetaLearner(pl.LightningModule, ABC):
             raise ConfigError(f"{type(self).__name__} learns {' or '.join(self.tasks)} episodes, but the data "
                               f"gives {task} episodes; choose another data module or algorithm")
         if self.adapts_at_evaluation and inference_mode:
-            raise ConfigError(f"{type(self).__name__} takes gradient steps when it evaluates; "
+            raise ConfigError(f"{type(self).__name__} takes gradients on the support set when it evaluates; "
                               f"set trainer.inference_mode: false")
         if self.hparams.lr_final is not None and max_steps < 1:
             raise ConfigError("model.lr_final anneals the learning rate over trainer.max_steps; set max_steps")
+
+    @staticmethod
+    def check_n_way(data: Any, n_way: int) -> None:
+        """For a model with one output unit per class: its episodes must all be ``n_way``-way."""
+        for subset in ("train", "val"):
+            if data.shapes[subset][0] != n_way:
+                raise ConfigError(f"model.n_way is {n_way} but the data gives {data.shapes[subset][0]}-way {subset} "
+                                  f"episodes; the output layer has one unit per class, so make them equal")
 
     def setup(self, stage: str) -> None:
         if self.trainer is not None and self.trainer.datamodule is not None:

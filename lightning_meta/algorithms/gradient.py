@@ -61,11 +61,7 @@ class GradientLearner(MetaLearner):
 
     def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
         super().validate_setup(data, inference_mode, max_steps)
-        n_way = self.hparams.n_way
-        for subset in ("train", "val"):
-            if data.shapes[subset][0] != n_way:
-                raise ConfigError(f"model.n_way is {n_way} but the data gives {data.shapes[subset][0]}-way {subset} "
-                                  f"episodes; the output layer has one unit per class, so make them equal")
+        self.check_n_way(data, self.hparams.n_way)
 
     def f(self, params: Params, x: Tensor) -> Tensor:
         """f_θ(x) with the parameters ``params`` in place of the module's own."""

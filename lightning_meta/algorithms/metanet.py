@@ -1,0 +1,225 @@
+"""Meta Networks (Munkhdalai & Yu, "Meta Networks", ICML 2017).
+
+Two networks with the same layout (``blocks`` conv blocks, then fc1 and fc2) hold slow weights, learned across
+tasks: the embedding u (slow Q) and the base learner b (slow W). Per task, two meta-learners turn loss gradients
+into fast weights, shared across the coordinates of the weights (each coordinate is a batch element):
+
+1. Task-level fast weights Q⁺ = d(G, {∇_Q L_emb}): the support set, split into ``task_steps`` chunks, gives one
+   gradient of the embedding loss (cross-entropy of u's fc2 classifier) per chunk; d, an LSTM, reads them in turn
+   and its last output is Q⁺.
+2. Example-level fast weights W*_i = m(Z, ∇_W L_i) for every support example i, from the gradient of b's loss on
+   that example alone; m is an MLP. The W*_i are the memory values, their keys r'_i = u(Q, Q⁺, x'_i).
+3. A query x with key r = u(Q, Q⁺, x) attends to the memory, a_i = softmax_i cos(r'_i, r), reads
+   W* = Σ_i a_i W*_i and is classified by b(W, W*, x).
+4. The cross-entropy of the query predictions trains Q, W, G and Z together.
+
+Fast weights enter by layer augmentation: a layer with slow weights W and fast weights W* computes
+ReLU(W x) + ReLU(W* x) (its last, linear layer W x + W* x). The gradients given to d and m are inputs, detached
+and preprocessed coordinate-wise as in the paper's code: (max(log(|g| + ε) / p, −1), clamp(e^p g, −1, 1)), p = 7.
+Each of d and m has one network for the conv weights and one for the fully connected weights, as in that code;
+the layers have no biases and no batch norm, and the keys are u's fc1 outputs before the ReLU.
+
+One change from that code: the output layers of d and m start with N(0, 0.01²) weights and zero biases, so that the
+first fast weights are about as large as the slow ones (a few hundredths). With the default initialisation they
+are of order 1 per coordinate, and five augmented conv layers multiply the activations by hundreds each: the
+first losses are around 1e8.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import grad, vmap
+
+from lightning_meta.algorithms.base import MetaLearner, register
+from lightning_meta.episode import Episode
+from lightning_meta.errors import ConfigError
+
+Params = dict[str, Tensor]
+INIT_STD = 0.01  # of the output weights of d and m
+GROUPS = ("conv", "fc")  # each meta-learner has one network for the conv weights and one for the fc weights
+
+
+def preprocess(g: Tensor, p: float = 7.0) -> Tensor:
+    """Gradients [...] -> [..., 2]: (max(log(|g| + ε) / p, −1), clamp(e^p g, −1, 1))."""
+    log = (g.abs() + torch.finfo(g.dtype).eps).log().div(p).clamp(min=-1)
+    return torch.stack([log, (g * math.exp(p)).clamp(-1, 1)], dim=-1)
+
+
+class FastWeightNet(nn.Module):
+    """``blocks`` × (conv 3x3 without bias, ReLU, 2x2 max-pool), then fc1 and fc2, without biases; called with
+    explicit weights so that fast weights can be added to any layer."""
+
+    def __init__(self, image_shape: tuple[int, ...], hidden: int, blocks: int, n_out: int) -> None:
+        super().__init__()
+        channels = [image_shape[0]] + [hidden] * blocks
+        self.weights = nn.ParameterDict({f"conv{i}": nn.Parameter(torch.empty(b, a, 3, 3))
+                                         for i, (a, b) in enumerate(zip(channels, channels[1:]))})
+        for w in self.weights.values():
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Conv2d's default
+        with torch.no_grad():
+            features = self.features(dict(self.weights), torch.zeros(1, *image_shape)).shape[1]
+        self.weights["fc1"] = nn.Parameter(nn.Linear(features, hidden, bias=False).weight.detach())
+        self.weights["fc2"] = nn.Parameter(nn.Linear(hidden, n_out, bias=False).weight.detach())
+        self.groups = {"conv": [f"conv{i}" for i in range(blocks)], "fc": ["fc1", "fc2"]}
+
+    def unflatten(self, flat: dict[str, Tensor]) -> Params:
+        """Weights from their groups flattened: per group [B, P] -> {name: [B, *w]}."""
+        out = {}
+        for group, names in self.groups.items():
+            sizes = [self.weights[k].numel() for k in names]
+            for k, v in zip(names, flat[group].split(sizes, dim=-1)):
+                out[k] = v.reshape(*v.shape[:-1], *self.weights[k].shape)
+        return out
+
+    def features(self, W: Params, x: Tensor, fast: Params | None = None) -> Tensor:  # [B, *x] -> [B, F]
+        h = x
+        for name in (k for k in W if k.startswith("conv")):
+            out = F.relu(F.conv2d(h, W[name], padding=1))
+            if fast is not None:
+                out = out + F.relu(F.conv2d(h, fast[name], padding=1))  # layer augmentation
+            h = F.max_pool2d(out, 2, ceil_mode=True)
+        return h.flatten(1)
+
+    def fc1(self, W: Params, h: Tensor, fast: Params | None = None) -> Tensor:
+        """fc1 before the ReLU (the keys of the embedding): W h + W* h."""
+        out = h @ W["fc1"].T
+        return out if fast is None else out + h @ fast["fc1"].T
+
+    def logits(self, W: Params, x: Tensor, fast: Params | None = None) -> Tensor:  # [B, *x] -> [B, n_out]
+        h = self.features(W, x, fast)
+        a = F.relu(h @ W["fc1"].T)
+        if fast is not None:
+            a = a + F.relu(h @ fast["fc1"].T)
+        out = a @ W["fc2"].T
+        return out if fast is None else out + a @ fast["fc2"].T
+
+
+class WeightGenerator(nn.Module):
+    """A meta-learner: for each parameter group (``conv``, ``fc``) a small network applied to every coordinate's
+    preprocessed gradient. ``recurrent``: an LSTM that reads a sequence of gradients (d); else an MLP (m)."""
+
+    def __init__(self, hidden: int, recurrent: bool) -> None:
+        super().__init__()
+        self.recurrent = recurrent
+        if recurrent:
+            self.cells = nn.ModuleDict({g: nn.LSTMCell(2, hidden) for g in GROUPS})
+            self.heads = nn.ModuleDict({g: nn.Linear(hidden, 1) for g in GROUPS})
+        else:
+            self.mlps = nn.ModuleDict({g: nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                                        nn.ReLU(), nn.Linear(hidden, 1)) for g in GROUPS})
+        for out in self.outputs():  # small fast weights at first (see the module docstring)
+            nn.init.normal_(out.weight, std=INIT_STD)
+            nn.init.zeros_(out.bias)
+
+    def outputs(self) -> list[nn.Linear]:
+        return list(self.heads.values()) if self.recurrent else [mlp[-1] for mlp in self.mlps.values()]
+
+    def forward(self, group: str, g: Tensor) -> Tensor:
+        """Fast weights from gradients of one group: MLP [..., P] -> [..., P]; LSTM [S, B, P] (S gradients in
+        turn) -> [B, P], its output after the last."""
+        x = preprocess(g.detach())  # [..., P, 2]
+        if not self.recurrent:
+            return self.mlps[group](x)[..., 0]
+        S, B, P, _ = x.shape
+        h = c = x.new_zeros(B * P, self.cells[group].hidden_size)
+        for step in x.view(S, B * P, 2):
+            h, c = self.cells[group](step, (h, c))
+        return self.heads[group](h).view(B, P)
+
+
+@register
+class MetaNet(MetaLearner):
+    """Meta Networks.
+
+    Args:
+        image_shape: input shape, e.g. (1, 28, 28).
+        n_way: N, the classes of an episode (the outputs of b and of u's classifier).
+        hidden: filters of the conv blocks and units of fc1 (the paper: 64).
+        blocks: conv blocks of u and b (the paper's code: 5 on Omniglot).
+        meta_hidden: units of the meta-learners d and m (the paper: 20).
+        task_steps: the gradients d reads, one per chunk of the support set (the paper's code: 5); chunk c holds
+            support examples c, c + S, c + 2S, ...
+        task_fast_weights: false drops Q⁺ and d, the paper's ablation "MetaNet-": the keys are u(Q, x).
+        **kwargs: optimiser settings, see :class:`MetaLearner`.
+    """
+
+    name = "metanet"
+    adapts_at_evaluation = True  # its fast weights come from loss gradients on the support set
+
+    def __init__(self, image_shape: tuple[int, ...], n_way: int, hidden: int = 64, blocks: int = 5,
+                 meta_hidden: int = 20, task_steps: int = 5, task_fast_weights: bool = True, **kwargs: Any) -> None:
+        super().__init__(image_shape, **kwargs)
+        if len(image_shape) != 3:
+            raise ConfigError(f"MetaNet's networks are convolutional and need images (C, H, W), got {image_shape}")
+        if n_way < 2 or min(hidden, blocks, meta_hidden, task_steps) < 1:
+            raise ConfigError(f"model.n_way must be >= 2 and hidden, blocks, meta_hidden, task_steps >= 1 (got "
+                              f"{n_way}, {hidden}, {blocks}, {meta_hidden}, {task_steps})")
+        self.n_way, self.task_steps = n_way, task_steps
+        self.u = FastWeightNet(image_shape, hidden, blocks, n_way)  # embedding, slow weights Q
+        self.b = FastWeightNet(image_shape, hidden, blocks, n_way)  # base learner, slow weights W
+        self.d = WeightGenerator(meta_hidden, recurrent=True) if task_fast_weights else None  # G: fast weights Q⁺
+        self.m = WeightGenerator(meta_hidden, recurrent=False)  # Z: example-level fast weights W*
+
+    def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
+        super().validate_setup(data, inference_mode, max_steps)
+        self.check_n_way(data, self.n_way)
+
+    @staticmethod
+    def per_example_gradients(net: FastWeightNet, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """∇ of net's classifier loss on each example alone, at its slow weights: x [T, M, *x], y [T, M] ->
+        per group [T, M, P]."""
+        W = {k: w.detach() for k, w in net.weights.items()}
+
+        def loss(W: Params, x: Tensor, y: Tensor) -> Tensor:
+            return F.cross_entropy(net.logits(W, x[None]), y[None])
+
+        g = vmap(grad(loss), in_dims=(None, 0, 0))(W, x.flatten(0, 1), y.flatten())  # {name: [T*M, *w]}
+        return {group: torch.cat([g[k].reshape(*y.shape, -1) for k in names], dim=-1)
+                for group, names in net.groups.items()}
+
+    def task_fast_weights(self, support: Tensor, labels: Tensor) -> Params:
+        """Q⁺ = d(G, {∇_Q L_emb}) for every task: {name: [T, *w]}."""
+        NK = labels.shape[1]
+        S = min(self.task_steps, NK)
+        chunks = F.one_hot(torch.arange(NK, device=labels.device) % S, S).T.to(support.dtype)  # [S, NK]
+        chunks = chunks / chunks.sum(1, keepdim=True)  # the mean loss of a chunk has the mean gradient
+        g = self.per_example_gradients(self.u, support, labels)  # per group [T, NK, P]
+        fast = {group: self.d(group, torch.einsum("sn,tnp->stp", chunks, g_group)) for group, g_group in g.items()}
+        return self.u.unflatten(fast)
+
+    def keys(self, x: Tensor, Q_plus: Params | None) -> Tensor:
+        """u(Q, Q⁺, x): x [T, M, *x], Q⁺ {name: [T, *w]} (or None: u(Q, x)) -> [T, M, hidden]."""
+        Q = dict(self.u.weights)
+        if Q_plus is None:
+            return self.u.fc1(Q, self.u.features(Q, x.flatten(0, 1))).unflatten(0, x.shape[:2])
+        return vmap(lambda x, fast: self.u.fc1(Q, self.u.features(Q, x, fast), fast))(x, Q_plus)
+
+    @staticmethod
+    def attend(r_query: Tensor, r_support: Tensor) -> Tensor:
+        """a_i = softmax_i cos(r'_i, r): [T, NQ, D], [T, NK, D] -> [T, NQ, NK]."""
+        return torch.softmax(F.cosine_similarity(r_query[:, :, None], r_support[:, None], dim=-1), dim=-1)
+
+    def predict(self, episode: Episode) -> Tensor:
+        NK = episode.support_labels.shape[1]
+        # 1. task-level fast weights and the keys of support and query
+        Q_plus = self.task_fast_weights(episode.support, episode.support_labels) if self.d is not None else None
+        r = self.keys(torch.cat([episode.support, episode.query], dim=1), Q_plus)  # [T, NK+NQ, hidden]
+        r_support, r_query = r[:, :NK], r[:, NK:]
+        # 2. example-level fast weights W*_i, the memory values
+        g = self.per_example_gradients(self.b, episode.support, episode.support_labels)
+        memory = {group: self.m(group, g_group) for group, g_group in g.items()}  # per group [T, NK, P]
+        # 3. each query reads its fast weights W* = Σ_i a_i W*_i and is classified by b(W, W*, x)
+        a = self.attend(r_query, r_support)  # [T, NQ, NK]
+        W_star = self.b.unflatten({group: (a @ values).flatten(0, 1) for group, values in memory.items()})
+        W = dict(self.b.weights)
+        logits = vmap(lambda x, fast: self.b.logits(W, x[None], fast)[0])(episode.query.flatten(0, 1), W_star)
+        return logits.unflatten(0, a.shape[:2])  # [T, NQ, N]
+
+    def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        logits = self.predict(episode)  # 4. the query cross-entropy trains Q, W, G and Z
+        return F.cross_entropy(logits.flatten(0, 1), episode.query_labels.flatten()), logits

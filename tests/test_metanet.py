@@ -1,0 +1,148 @@
+"""Meta Networks: the gradient preprocessing by hand, per-example and per-chunk gradients against plain autograd,
+layer augmentation against explicit sums, detached generator inputs, the fast weights and the memory attention
+at work, and learning."""
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from lightning_meta import Episode, MetaNet, SyntheticDataModule
+from lightning_meta.algorithms import metanet
+from lightning_meta.algorithms.metanet import FastWeightNet, preprocess
+
+
+def test_preprocess_by_hand():
+    """(max(log(|g| + ε) / 7, −1), clamp(e^7 g, −1, 1)) for g = 0, 1, 1e-3, −1e-4."""
+    out = preprocess(torch.tensor([0.0, 1.0, 1e-3, -1e-4], dtype=torch.float64))
+    expected = [[-1.0, 0.0], [0.0, 1.0], [math.log(1e-3) / 7, 1.0], [-1.0, -1e-4 * math.exp(7)]]
+    assert torch.allclose(out, torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+
+
+def small_episode(T=2, n=3, k=2, q=2, size=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Episode(torch.rand(T, n * k, 1, size, size, generator=g), torch.arange(n).repeat_interleave(k).repeat(T, 1),
+                   torch.rand(T, n * q, 1, size, size, generator=g), torch.arange(n).repeat_interleave(q).repeat(T, 1),
+                   n)
+
+
+def test_layer_augmentation_is_relu_slow_plus_relu_fast_by_explicit_sums():
+    """One conv block on a 3x3 single-channel image, one filter: ReLU(Σ W x) + ReLU(Σ W* x) at the centre pixel,
+    then the 2x2 max-pool with ceil mode over the 3x3 map, fc1 and fc2 likewise."""
+    torch.manual_seed(0)
+    net = FastWeightNet((1, 3, 3), hidden=1, blocks=1, n_out=2).double()
+    W = {k: torch.randn_like(w) for k, w in net.weights.items()}
+    fast = {k: torch.randn_like(w) for k, w in net.weights.items()}
+    x = torch.randn(1, 1, 3, 3, dtype=torch.float64)
+    padded = F.pad(x, (1, 1, 1, 1))[0, 0]
+    conv_map = [[max(0.0, sum(W["conv0"][0, 0, a, b].item() * padded[i + a, j + b].item() for a in range(3)
+                              for b in range(3)))
+                 + max(0.0, sum(fast["conv0"][0, 0, a, b].item() * padded[i + a, j + b].item() for a in range(3)
+                                for b in range(3))) for j in range(3)] for i in range(3)]
+    pooled = [max(conv_map[i][j] for i in rows for j in cols)  # ceil mode: windows {0,1} and {2}
+              for rows in ([0, 1], [2]) for cols in ([0, 1], [2])]
+    hidden = max(0.0, sum(W["fc1"][0, f].item() * pooled[f] for f in range(4))) + \
+        max(0.0, sum(fast["fc1"][0, f].item() * pooled[f] for f in range(4)))
+    logits = [(W["fc2"][c, 0].item() + fast["fc2"][c, 0].item()) * hidden for c in range(2)]
+    assert torch.allclose(net.logits(W, x, fast)[0], torch.tensor(logits, dtype=torch.float64))
+    key = sum((W["fc1"][0, f].item() + fast["fc1"][0, f].item()) * pooled[f] for f in range(4))  # no ReLU
+    assert math.isclose(net.fc1(W, net.features(W, x, fast), fast).item(), key, rel_tol=1e-9)
+
+
+def test_per_example_and_per_chunk_gradients_match_autograd():
+    torch.manual_seed(0)
+    model = MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2, task_steps=2).double()
+    e = small_episode()
+    e.support = e.support.double()
+    g = model.per_example_gradients(model.b, e.support, e.support_labels)  # per group [T, NK, P]
+    names = model.b.groups
+    for t in range(2):
+        for i in range(6):
+            model.zero_grad()
+            loss = F.cross_entropy(model.b.logits(dict(model.b.weights), e.support[t, i:i + 1]),
+                                   e.support_labels[t, i:i + 1])
+            loss.backward()
+            for group, keys in names.items():
+                expected = torch.cat([model.b.weights[k].grad.flatten() for k in keys])
+                assert torch.allclose(g[group][t, i], expected)
+    # d reads one gradient per chunk, of the mean loss over the chunk (examples c, c + 2, c + 4)
+    seen = []
+    model.d.forward = lambda group, chunk_grads: seen.append((group, chunk_grads)) or chunk_grads[0] * 0
+    model.task_fast_weights(e.support, e.support_labels)
+    for group, chunk_grads in seen:
+        assert chunk_grads.shape[:2] == (2, 2)  # [S, T, P]
+        for c in range(2):
+            model.zero_grad()
+            loss = F.cross_entropy(model.u.logits(dict(model.u.weights), e.support[1, c::2]), e.support_labels[1, c::2])
+            loss.backward()
+            expected = torch.cat([model.u.weights[k].grad.flatten() for k in names[group]])
+            assert torch.allclose(chunk_grads[c, 1], expected)
+
+
+def test_generator_inputs_are_detached():
+    model = MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2)
+    inputs = []
+    original = metanet.preprocess
+    metanet.preprocess = lambda g, p=7.0: inputs.append(g) or original(g, p)
+    try:
+        model.meta_loss(small_episode())[0].backward()
+    finally:
+        metanet.preprocess = original
+    assert len(inputs) == 4 and not any(g.requires_grad for g in inputs)  # d and m, conv and fc
+    assert model.b.weights["conv0"].grad is not None  # while the slow weights do learn from the query loss
+
+
+def test_fast_weights_change_the_predictions():
+    torch.manual_seed(0)
+    model = MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2)
+    e = small_episode()
+    slow_only = model.b.logits(dict(model.b.weights), e.query.flatten(0, 1)).unflatten(0, (2, 6))
+    assert not torch.allclose(model.predict(e), slow_only, atol=1e-4)
+
+
+def test_metanet_minus_has_no_task_level_fast_weights():
+    """task_fast_weights: false (the paper's MetaNet-): no d, and the memory keys are u's plain fc1 outputs."""
+    torch.manual_seed(0)
+    model = MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2, task_fast_weights=False)
+    e = small_episode()
+    seen = []
+    model.attend = lambda r_query, r_support: seen.append((r_query, r_support)) or MetaNet.attend(r_query, r_support)
+    assert model.d is None and model.predict(e).shape == (2, 6, 3)
+    Q = dict(model.u.weights)
+    plain = model.u.fc1(Q, model.u.features(Q, e.support.flatten(0, 1))).unflatten(0, (2, 6))
+    assert torch.allclose(seen[0][1], plain)
+
+
+def train_on_synthetic(steps: int) -> tuple[MetaNet, SyntheticDataModule]:
+    pl.seed_everything(0)
+    data = SyntheticDataModule(shape=(1, 16, 16), n_way=5, k_shot=1, n_query=5, batches_per_epoch=steps,
+                               val_episodes=50, test_episodes=100, noise=0.3)
+    model = MetaNet(data.image_shape, n_way=5, hidden=16, blocks=3)
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, inference_mode=False)
+    trainer.fit(model, data)
+    return model, data
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return train_on_synthetic(60)
+
+
+def test_learns_on_the_synthetic_set(trained):
+    model, data = trained
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
+    assert trainer.test(model, data, verbose=False)[0]["test/acc"] > 60  # chance is 20%
+
+
+def test_uniform_memory_attention_is_worse_on_a_trained_model(trained):
+    model, data = trained
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
+    with_attention = trainer.test(model, data, verbose=False)[0]["test/acc"]
+    model.attend = lambda r_query, r_support: torch.full((*r_query.shape[:2], r_support.shape[1]),
+                                                         1 / r_support.shape[1])
+    uniform = trainer.test(model, data, verbose=False)[0]["test/acc"]
+    del model.attend
+    assert uniform < with_attention - 5, (uniform, with_attention)

@@ -61,11 +61,11 @@ class FastWeightNet(nn.Module):
                                          for i, (a, b) in enumerate(zip(channels, channels[1:]))})
         for w in self.weights.values():
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Conv2d's default
+        self.groups = {"conv": [f"conv{i}" for i in range(blocks)], "fc": ["fc1", "fc2"]}
         with torch.no_grad():
             features = self.features(dict(self.weights), torch.zeros(1, *image_shape)).shape[1]
         self.weights["fc1"] = nn.Parameter(nn.Linear(features, hidden, bias=False).weight.detach())
         self.weights["fc2"] = nn.Parameter(nn.Linear(hidden, n_out, bias=False).weight.detach())
-        self.groups = {"conv": [f"conv{i}" for i in range(blocks)], "fc": ["fc1", "fc2"]}
 
     def unflatten(self, flat: dict[str, Tensor]) -> Params:
         """Weights from their groups flattened: per group [B, P] -> {name: [B, *w]}."""
@@ -78,7 +78,7 @@ class FastWeightNet(nn.Module):
 
     def features(self, W: Params, x: Tensor, fast: Params | None = None) -> Tensor:  # [B, *x] -> [B, F]
         h = x
-        for name in (k for k in W if k.startswith("conv")):
+        for name in self.groups["conv"]:
             out = F.relu(F.conv2d(h, W[name], padding=1))
             if fast is not None:
                 out = out + F.relu(F.conv2d(h, fast[name], padding=1))  # layer augmentation

@@ -146,6 +146,9 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         metric = f"test/{METRICS[data.task]}"
         mean, ci95, digits = metrics[metric], metrics[metric + "_ci95"], DIGITS[metric]
         print(f"{metric} {mean:.{digits}f} ± {ci95:.{digits}f}  ({data.describe('test')})")
+        for name in metrics:  # the algorithm's other test metrics with an interval (MANN: accuracy by instance)
+            if name.startswith(metric + "_") and not name.endswith("_ci95") and name + "_ci95" in metrics:
+                print(f"{name} {metrics[name]:.{digits}f} ± {metrics[name + '_ci95']:.{digits}f}")
     return metrics
 
 

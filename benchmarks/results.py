@@ -41,6 +41,12 @@ PAPER = {  # published test accuracy (%) by (algorithm, dataset, ways, shots); a
 }  # fmt: skip
 
 
+SANTORO = {  # Santoro et al. (2016), Table 1: Omniglot accuracy (%) by instance
+    "MANN (LRUA)": {1: 36.4, 2: 82.8, 3: 91.0, 4: 92.6, 5: 94.9, 10: 98.1},
+    "LSTM": {1: 24.4, 2: 49.5, 3: 55.3, 4: 61.0, 5: 63.6, 10: 62.5},
+}
+
+
 def hardware() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown CPU")
@@ -102,15 +108,22 @@ class TrainedRun:
     def test(self, *overrides: str, metric: str = "acc") -> tuple[float, float, str]:
         """Tests the best checkpoint with ``overrides``: the metric's mean, its 95% CI, and a note saying how
         the figure was made."""
+        metrics, note = self.test_all(*overrides)
+        return *metrics[metric], note
+
+    def test_all(self, *overrides: str) -> tuple[dict[str, tuple[float, float]], str]:
+        """Tests the best checkpoint with ``overrides``: every test metric train.py prints (name without
+        ``test/`` -> mean and 95% CI), and a note saying how the figures were made."""
         test_args = ["--config", self.config, "--ckpt_path", str(self.best), "--test_only", "true", *overrides,
                      "--trainer.enable_progress_bar", "false"]
         out = train_py(*test_args, log=self.log)
-        mean, ci95 = map(float, re.search(rf"^test/{metric} (\S+) ± (\S+)", out, re.M).groups())
+        metrics = {name: (float(mean), float(ci95))
+                   for name, mean, ci95 in re.findall(r"^test/(\S+) (\S+) ± (\S+)", out, re.M)}
         shown = ["BEST" if arg == str(self.best) else arg for arg in test_args]
         note = (f"Trained by `{command_line(['train.py', *self.train_args])}` ({self.minutes:.1f} min wall clock, "
                 f"validation included); best checkpoint {self.best.name}, tested by "
                 f"`{command_line(['train.py', *shown])}`.")
-        return mean, ci95, note
+        return metrics, note
 
 
 def train_config(config: str, log_root: str) -> TrainedRun:
@@ -176,6 +189,26 @@ def render(records: list[dict]) -> str:
                          f"**{r['mse']:.3f} ± {r['ci95']:.3f}** | {r['test_episodes']} | "
                          f"{r['train_steps']} steps, {r['train_minutes']:.1f} min | {r['hardware']} | {r['date']} |")
         lines += commands(regression)
+    instances = [r for r in records if r["kind"] == "instances"]
+    if instances:
+        numbers = sorted({int(n) for r in instances for n in r["instances"]})
+        ordinal = {1: "1st", 2: "2nd", 3: "3rd"}
+        lines += ["## Accuracy by instance", "",
+                  "Sequences of 5 classes with 10 instances each (Santoro et al. 2016): the accuracy on the n-th",
+                  "instance of a class, i.e. after n − 1 labelled examples of it, over the test episodes.", "",
+                  "| algorithm | dataset / split | " + " | ".join(ordinal.get(n, f"{n}th") for n in numbers)
+                  + " | test episodes | trained | hardware | date |",
+                  "| --- | --- | " + " | ".join("---" for _ in numbers) + " | --- | --- | --- | --- |"]
+        for name, figures in SANTORO.items():
+            lines.append(f"| {name} (paper) | omniglot | " + " | ".join(str(figures.get(n, "–")) for n in numbers)
+                         + " | – | about 100,000 episodes | – | – |")
+        for r in instances:
+            cells = [f"**{r['instances'][str(n)][0]:.1f} ± {r['instances'][str(n)][1]:.1f}**"
+                     if str(n) in r["instances"] else "–" for n in numbers]
+            lines.append(f"| {r['algorithm']} | {r['dataset']} / {r['split']} | " + " | ".join(cells) + " | "
+                         f"{r['test_episodes']} | {r['train_steps']} steps, {r['train_minutes']:.1f} min | "
+                         f"{r['hardware']} | {r['date']} |")
+        lines += commands(instances)
     throughput = [r for r in records if r["kind"] == "throughput"]
     if throughput:
         lines += ["## Throughput", "",

@@ -3,6 +3,7 @@
 from lightning_meta.algorithms import (
     ALGORITHMS,
     MAML,
+    MANN,
     MatchingNetwork,
     MetaLearner,
     MetaNet,
@@ -16,7 +17,7 @@ from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
 
 __all__ = [
-    "ALGORITHMS", "ConfigError", "Episode", "EpisodicDataModule", "MAML", "MatchingNetwork", "MetaLearner", "MetaNet",
-    "OmniglotDataModule", "ProtoNet", "RelationNetwork", "Reptile", "Siamese", "SinusoidDataModule",
+    "ALGORITHMS", "ConfigError", "Episode", "EpisodicDataModule", "MAML", "MANN", "MatchingNetwork", "MetaLearner",
+    "MetaNet", "OmniglotDataModule", "ProtoNet", "RelationNetwork", "Reptile", "Siamese", "SinusoidDataModule",
     "SyntheticDataModule",
 ]  # fmt: skip

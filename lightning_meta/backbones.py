@@ -116,6 +116,12 @@ def koch(image_shape: tuple[int, ...], hidden: int = 4096) -> nn.Sequential:
     return nn.Sequential(*layers).to(memory_format=torch.channels_last)
 
 
+@register_backbone("pixels")
+def pixels(image_shape: tuple[int, ...], hidden: int = 0) -> nn.Flatten:
+    """The input itself, flattened to a vector (MANN's encoding of Omniglot images); ``hidden`` is unused."""
+    return nn.Flatten()
+
+
 @register_backbone("mlp")
 def mlp(image_shape: tuple[int, ...], hidden: int = 64, layers: int = 2) -> nn.Sequential:
     """``layers`` ReLU layers of ``hidden`` units on flattened inputs (vector data: the synthetic set, sinusoids)."""

@@ -38,6 +38,7 @@ PAPER = {  # published test accuracy (%) by (algorithm, dataset, ways, shots); a
     ("matching", "omniglot", 20, 1): 93.8, ("matching", "omniglot", 20, 5): 98.5,
     ("relation", "omniglot", 5, 1): 99.6, ("relation", "omniglot", 5, 5): 99.8,
     ("relation", "omniglot", 20, 1): 97.6, ("relation", "omniglot", 20, 5): 99.1,
+    ("metanet", "omniglot", 5, 1): 98.95, ("metanet", "omniglot", 20, 1): 97.00,
 }  # fmt: skip
 
 

@@ -6,6 +6,7 @@ from lightning_meta.algorithms import (
     MANN,
     MatchingNetwork,
     MetaLearner,
+    MetaLSTM,
     MetaNet,
     ProtoNet,
     RelationNetwork,
@@ -18,6 +19,6 @@ from lightning_meta.errors import ConfigError
 
 __all__ = [
     "ALGORITHMS", "ConfigError", "Episode", "EpisodicDataModule", "MAML", "MANN", "MatchingNetwork", "MetaLearner",
-    "MetaNet", "OmniglotDataModule", "ProtoNet", "RelationNetwork", "Reptile", "Siamese", "SinusoidDataModule",
-    "SyntheticDataModule",
+    "MetaLSTM", "MetaNet", "OmniglotDataModule", "ProtoNet", "RelationNetwork", "Reptile", "Siamese",
+    "SinusoidDataModule", "SyntheticDataModule",
 ]  # fmt: skip

@@ -5,6 +5,7 @@ from lightning_meta.algorithms.gradient import GradientLearner
 from lightning_meta.algorithms.maml import MAML
 from lightning_meta.algorithms.mann import MANN
 from lightning_meta.algorithms.matching import MatchingNetwork
+from lightning_meta.algorithms.meta_lstm import MetaLSTM
 from lightning_meta.algorithms.metanet import MetaNet
 from lightning_meta.algorithms.metric import MetricLearner
 from lightning_meta.algorithms.protonet import ProtoNet
@@ -13,6 +14,6 @@ from lightning_meta.algorithms.reptile import Reptile
 from lightning_meta.algorithms.siamese import Siamese
 
 __all__ = [
-    "ALGORITHMS", "GradientLearner", "MAML", "MANN", "MatchingNetwork", "MetaLearner", "MetaNet", "MetricLearner",
-    "ProtoNet", "RelationNetwork", "Reptile", "Siamese", "register",
+    "ALGORITHMS", "GradientLearner", "MAML", "MANN", "MatchingNetwork", "MetaLearner", "MetaLSTM", "MetaNet",
+    "MetricLearner", "ProtoNet", "RelationNetwork", "Reptile", "Siamese", "register",
 ]  # fmt: skip

@@ -91,6 +91,14 @@ class GradientLearner(MetaLearner):
             for norm in self.norms:
                 norm.reference = None
 
+    def mini_batches(self, n: int, steps: int, batch: int | None, generator: torch.Generator) -> Tensor:
+        """Indices [steps, B] of the examples of each inner step: consecutive shuffled passes over the n (for the
+        learners that adapt on mini-batches of the support set: Reptile, the LSTM meta-learner)."""
+        batch = min(batch or n, n)
+        passes = -(-steps * batch // n)
+        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])
+        return order[: steps * batch].view(steps, batch)
+
     def meta_parameters(self) -> Params:
         """θ, as a name -> tensor dict for ``f``."""
         return dict(self.net.named_parameters())

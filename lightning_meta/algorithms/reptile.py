@@ -80,13 +80,6 @@ class Reptile(GradientLearner):
         self.register_buffer("inner_v", torch.zeros(size))  # Adam's second moment of θ's coordinates, flattened
         self.register_buffer("inner_t", torch.zeros((), dtype=torch.long))  # Adam steps taken in training
 
-    def mini_batches(self, n: int, steps: int, batch: int | None, generator: torch.Generator) -> Tensor:
-        """Indices [steps, B] of the examples of each inner step: consecutive shuffled passes over the n."""
-        batch = min(batch or n, n)
-        passes = -(-steps * batch // n)
-        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])
-        return order[: steps * batch].view(steps, batch)
-
     def batch_loss(self, W: Params, x: Tensor, y: Tensor) -> Tensor:
         return self.loss(self.f(W, x), y)
 

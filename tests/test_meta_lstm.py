@@ -111,13 +111,12 @@ def test_bad_settings_are_refused():
 
 
 def test_learns_on_the_synthetic_set(trainer):
-    """5-way 1-shot on 32-d vectors: the meta-trained meta-learner and θ_0 beat the initial ones (which are about
-    SGD at learning rate 0.01 from a random θ_0) by a wide margin."""
+    """5-way 1-shot on the synthetic images (MAML's learning test): the meta-trained meta-learner and θ_0 beat the
+    initial ones, which are about SGD at learning rate 0.01 from a random θ_0, by a wide margin."""
     pl.seed_everything(0)
-    data = SyntheticDataModule(shape=(32,), n_way=5, k_shot=1, n_query=5, tasks_per_batch=4, noise=0.3,
-                               test_episodes=50)
-    model = MetaLSTM(data.image_shape, n_way=5, backbone="mlp", hidden=32, inner_steps=5, lr=3e-3)
+    data = SyntheticDataModule(n_way=5, k_shot=1, n_query=2, tasks_per_batch=4, noise=0.8, test_episodes=100)
+    model = MetaLSTM(data.image_shape, n_way=5, hidden=32, inner_steps=5, lr=3e-3)
     before = trainer(1).test(model, data, verbose=False)[0]["test/acc"]
-    trainer(150).fit(model, data)
+    trainer(60).fit(model, data)
     after = trainer(1).test(model, data, verbose=False)[0]["test/acc"]
-    assert after > 70 and after > before + 20, (before, after)  # chance is 20%
+    assert before < 40 and after > 60, (before, after)  # chance is 20%

@@ -102,3 +102,14 @@ class GradientLearner(MetaLearner):
     def meta_parameters(self) -> Params:
         """θ, as a name -> tensor dict for ``f``."""
         return dict(self.net.named_parameters())
+
+    def unflatten(self, flat: Tensor) -> Params:
+        """A vector [..., P] over θ's coordinates (θ itself, or a statistic of them) -> a name -> tensor dict shaped
+        like θ, with the leading dimensions kept."""
+        theta = self.meta_parameters()
+        chunks = flat.split([p.numel() for p in theta.values()], dim=-1)
+        return {k: c.reshape(*flat.shape[:-1], *p.shape) for (k, p), c in zip(theta.items(), chunks)}
+
+    def batch_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
+        """L(f_params(x), y): the loss the inner steps descend."""
+        return self.loss(self.f(params, x), y)

@@ -76,15 +76,12 @@ class MAML(GradientLearner):
         self.eval_adaptation = (inner_steps if eval_inner_steps is None else eval_inner_steps,
                                 inner_lr if eval_inner_lr is None else eval_inner_lr)
 
-    def support_loss(self, params: Params, support: Tensor, support_labels: Tensor) -> Tensor:
-        return self.loss(self.f(params, support), support_labels)
-
     def adapt(self, theta: Params, support: Tensor, support_labels: Tensor, steps: int, alpha: float,
               first_order: bool) -> Params:
         """θ' after ``steps`` steps θ ← θ − α ∇_θ L^support(f_θ) on one task."""
         for _ in range(steps):
             at = {k: p.detach() for k, p in theta.items()} if first_order else theta
-            grads = torch.func.grad(self.support_loss)(at, support, support_labels)  # differentiable in θ
+            grads = torch.func.grad(self.batch_loss)(at, support, support_labels)  # differentiable in θ
             theta = {k: p - alpha * grads[k] for k, p in theta.items()}
         return theta
 

@@ -86,14 +86,9 @@ class MetaLSTM(GradientLearner):
         """The parameters of the two LSTM layers, without θ_0."""
         return {f"{name}.{k}": p for name in ("lstm", "W_F", "W_I") for k, p in getattr(self, name).named_parameters()}
 
-    def unflatten(self, theta: Tensor) -> Params:
-        """θ as one vector [..., P] -> a name -> tensor dict for ``f``."""
-        shapes = [p.shape for p in self.meta_parameters().values()]
-        chunks = theta.split([math.prod(s) for s in shapes], dim=-1)
-        return {k: c.reshape(*theta.shape[:-1], *s) for k, c, s in zip(self.meta_parameters(), chunks, shapes)}
-
     def learner_loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        return self.loss(self.f(self.unflatten(theta), x), y)
+        """L_t of the learner at the flat θ [P]."""
+        return self.batch_loss(self.unflatten(theta), x, y)
 
     def meta_learner_step(self, theta: Tensor, grad: Tensor, loss: Tensor, state: tuple) -> tuple[Tensor, tuple]:
         """θ_{t−1} -> θ_t for every task: θ and ∇_t [T, P], L_t [T]; ``state`` is the first layer's (h, c) and the

@@ -80,15 +80,6 @@ class Reptile(GradientLearner):
         self.register_buffer("inner_v", torch.zeros(size))  # Adam's second moment of θ's coordinates, flattened
         self.register_buffer("inner_t", torch.zeros((), dtype=torch.long))  # Adam steps taken in training
 
-    def batch_loss(self, W: Params, x: Tensor, y: Tensor) -> Tensor:
-        return self.loss(self.f(W, x), y)
-
-    def adam_moment(self) -> Params:
-        """The stored second moment, as a name -> tensor dict shaped like θ."""
-        theta = self.meta_parameters()
-        chunks = self.inner_v.split([p.numel() for p in theta.values()])
-        return {k: v.view_as(p) for (k, p), v in zip(theta.items(), chunks)}
-
     def inner_train(self, theta: Params, v: Params, x: Tensor, y: Tensor, batches: Tensor) -> tuple[Params, Params]:
         """W = SGD_k(L, θ) on one task: one SGD or Adam step per row of ``batches`` (written out as tensor
         operations, so that the tasks of a meta-batch run together under vmap), starting from Adam's second
@@ -110,7 +101,7 @@ class Reptile(GradientLearner):
         T, n = episode.support.shape[:2]
         generator = torch.Generator().manual_seed(seed)
         batches = torch.stack([self.mini_batches(n, steps, batch, generator) for _ in range(T)])  # [T, steps, B]
-        theta, v = {k: p.detach() for k, p in self.meta_parameters().items()}, self.adam_moment()
+        theta, v = {k: p.detach() for k, p in self.meta_parameters().items()}, self.unflatten(self.inner_v)
 
         def task(x: Tensor, y: Tensor, query: Tensor, task_batches: Tensor) -> tuple[Params, Params, Tensor]:
             W, v_task = self.inner_train(theta, v, x, y, task_batches)

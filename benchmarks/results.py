@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON = ROOT / "benchmarks" / "results.json"
@@ -92,11 +93,13 @@ class TrainedRun:
     algorithm: str
     best: Path
     log: Path
+    closing_test: dict[str, tuple[float, float]]  # train.py's own test of the best checkpoint, with the config's shape
 
     def save(self) -> None:
         """Writes what ``load`` needs into the run folder (``benchmark.json`` beside ``checkpoints/``)."""
         fields = {"config": self.config, "train_args": self.train_args, "minutes": self.minutes, "steps": self.steps,
-                  "algorithm": self.algorithm, "best": self.best.name, "log": str(self.log)}
+                  "algorithm": self.algorithm, "best": self.best.name, "log": str(self.log),
+                  "closing_test": self.closing_test}
         (self.best.parents[1] / "benchmark.json").write_text(json.dumps(fields, indent=1) + "\n")
 
     @classmethod
@@ -104,7 +107,18 @@ class TrainedRun:
         """An earlier benchmark run from its folder (``lightning_logs/benchmarks/<config>/version_N``)."""
         fields = json.loads((run / "benchmark.json").read_text())
         fields["best"], fields["log"] = run / "checkpoints" / fields["best"], Path(fields["log"])
+        fields.setdefault("closing_test", {})  # runs recorded before train.py's test was kept
         return cls(**fields)
+
+    def is_closing_test(self, overrides: tuple[str, ...]) -> bool:
+        """Whether testing with ``overrides`` repeats train.py's closing test: they only restate the config's own
+        test shape and episode count."""
+        data = yaml.safe_load((self.best.parents[1] / "config.yaml").read_text())["data"]["init_args"]
+        own = {"--data.eval_n_way": data.get("eval_n_way") or data["n_way"],
+               "--data.eval_k_shot": data.get("eval_k_shot") or data["k_shot"],
+               "--data.test_episodes": data["test_episodes"]}
+        pairs = dict(zip(overrides[::2], overrides[1::2]))
+        return bool(self.closing_test) and all(key in own and str(own[key]) == value for key, value in pairs.items())
 
     def test(self, *overrides: str, metric: str = "acc") -> tuple[float, float, str]:
         """Tests the best checkpoint with ``overrides``: the metric's mean, its 95% CI, and a note saying how
@@ -114,12 +128,16 @@ class TrainedRun:
 
     def test_all(self, *overrides: str) -> tuple[dict[str, tuple[float, float]], str]:
         """Tests the best checkpoint with ``overrides``: every test metric train.py prints (name without
-        ``test/`` -> mean and 95% CI), and a note saying how the figures were made."""
+        ``test/`` -> mean and 95% CI), and a note saying how the figures were made. Where that test is train.py's
+        closing test, its figures are taken rather than computed again."""
+        if self.is_closing_test(overrides):
+            note = (f"Trained and tested by `{command_line(['train.py', *self.train_args])}` ({self.minutes:.1f} min "
+                    f"wall clock, validation and the test included); the figures are its closing test, of the best "
+                    f"checkpoint {self.best.name}.")
+            return self.closing_test, note
         test_args = ["--config", self.config, "--ckpt_path", str(self.best), "--test_only", "true", *overrides,
                      "--trainer.enable_progress_bar", "false"]
-        out = train_py(*test_args, log=self.log)
-        metrics = {name: (float(mean), float(ci95))
-                   for name, mean, ci95 in re.findall(r"^test/(\S+) (\S+) ± (\S+)", out, re.M)}
+        metrics = parse_test_metrics(train_py(*test_args, log=self.log))
         shown = ["BEST" if arg == str(self.best) else arg for arg in test_args]
         note = (f"Trained by `{command_line(['train.py', *self.train_args])}` ({self.minutes:.1f} min wall clock, "
                 f"validation included); best checkpoint {self.best.name}, tested by "
@@ -134,15 +152,22 @@ def train_config(config: str, log_root: str) -> TrainedRun:
     log.parent.mkdir(parents=True, exist_ok=True)
     train_args = ["--config", config, "--log_root", log_root, "--trainer.enable_progress_bar", "false"]
     start = time.perf_counter()
-    train_py(*train_args, log=log)
+    out = train_py(*train_args, log=log)
     minutes = (time.perf_counter() - start) / 60
     run = max((Path(log_root) / name).glob("version_*"), key=lambda p: int(p.name.removeprefix("version_")))
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     best = next((run / "checkpoints").glob("best-*.ckpt"))
     algorithm = last["lightning_meta"]["algorithm"]
-    trained = TrainedRun(config, train_args, minutes, last["global_step"], algorithm, best, log)
+    trained = TrainedRun(config, train_args, minutes, last["global_step"], algorithm, best, log,
+                         parse_test_metrics(out))
     trained.save()
     return trained
+
+
+def parse_test_metrics(out: str) -> dict[str, tuple[float, float]]:
+    """The test metrics train.py prints (``test/acc 97.12 ± 0.31``): name without ``test/`` -> mean and 95% CI."""
+    found = re.findall(r"^test/(\S+) (\S+) ± (\S+)", out, re.M)
+    return {name: (float(mean), float(ci95)) for name, mean, ci95 in found}
 
 
 def record(*entries: dict) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -136,6 +137,22 @@ def build_backbone(name: str, image_shape: tuple[int, ...], **kwargs) -> nn.Modu
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     return BACKBONES[name](tuple(image_shape), **kwargs)
+
+
+@contextmanager
+def batch_statistics(net: nn.Module) -> Iterator[None]:
+    """Inside, the ``nn.BatchNorm`` layers of ``net`` normalise with the statistics of the batch at hand even in
+    eval mode, and leave their running statistics as they were (PyTorch's ``track_running_stats=False``)."""
+    norms = [m for m in net.modules()
+             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and m.track_running_stats]
+    running = [(m.running_mean, m.running_var) for m in norms]
+    for norm in norms:
+        norm.track_running_stats, norm.running_mean, norm.running_var = False, None, None
+    try:
+        yield
+    finally:
+        for norm, (mean, var) in zip(norms, running):
+            norm.track_running_stats, norm.running_mean, norm.running_var = True, mean, var
 
 
 class MetaBatchNorm(nn.Module):

@@ -23,6 +23,11 @@ class Episode:
     query_labels: Tensor  # [T, N*Q]
     n_way: int  # N (0 for regression)
 
+    def tasks(self) -> list[Episode]:
+        """The task batch as single-task episodes (leading dimension 1); ``collate_episodes`` is the inverse."""
+        return [Episode(self.support[t : t + 1], self.support_labels[t : t + 1], self.query[t : t + 1],
+                        self.query_labels[t : t + 1], self.n_way) for t in range(self.support.shape[0])]
+
 
 def collate_episodes(episodes: list[Episode]) -> Episode:
     """Stacks single-task episodes (leading dimension 1) into one task batch."""

@@ -2,14 +2,16 @@
 examples, an independent implementation of the FCE equations, the verification pairs, learning."""
 
 import math
+from copy import deepcopy
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lightning_meta import Episode, MatchingNetwork, RelationNetwork, Siamese, SyntheticDataModule
+from lightning_meta import Episode, MatchingNetwork, ProtoNet, RelationNetwork, Siamese, SyntheticDataModule
 from lightning_meta.algorithms.siamese import verification_pairs
+from lightning_meta.backbones import batch_statistics
 from lightning_meta.errors import ConfigError
 
 
@@ -228,6 +230,54 @@ def test_relation_module_shapes_on_omniglot():
     scores = model.predict(Episode(torch.rand(2, 5, 1, 28, 28), torch.arange(5).repeat(2, 1),
                                    torch.rand(2, 10, 1, 28, 28), torch.arange(5).repeat(2, 2), 5))
     assert scores.shape == (2, 10, 5) and ((scores > 0) & (scores < 1)).all()
+
+
+# Batch norm in evaluation
+
+def test_batch_statistics_normalise_by_the_batch_and_keep_the_running_averages():
+    torch.manual_seed(0)
+    norm = nn.BatchNorm2d(3).eval()
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        norm.bias.copy_(torch.tensor([0.0, 1.0, -1.0]))
+        norm.running_mean.copy_(torch.tensor([0.3, -0.2, 0.1]))
+        norm.running_var.copy_(torch.tensor([2.0, 0.5, 1.5]))
+    before = {k: v.clone() for k, v in norm.state_dict().items()}
+    x = torch.randn(4, 3, 2, 2) * 3 + 1
+    mean = x.mean((0, 2, 3), keepdim=True)
+    var = ((x - mean) ** 2).mean((0, 2, 3), keepdim=True)  # biased, over the batch and positions
+    w, b = norm.weight.view(1, 3, 1, 1), norm.bias.view(1, 3, 1, 1)
+    with batch_statistics(norm):
+        y = norm(x)
+    assert torch.allclose(y, (x - mean) / torch.sqrt(var + norm.eps) * w + b, atol=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in norm.state_dict().items())
+    running = (x - before["running_mean"].view(1, 3, 1, 1)) / torch.sqrt(before["running_var"].view(1, 3, 1, 1) + 1e-5)
+    assert torch.allclose(norm(x), running * w + b, atol=1e-5)  # outside, the running averages again
+
+
+@pytest.mark.parametrize("make", [lambda shape, **kw: RelationNetwork(shape, **kw),
+                                  lambda shape, **kw: ProtoNet(shape, **kw)], ids=["relation", "protonet"])
+def test_transductive_evaluation_uses_each_episodes_own_statistics(make):
+    """The independent computation: a copy of the trained model in training mode, one episode at a time."""
+    pl.seed_everything(0)
+    data = SyntheticDataModule(n_way=5, k_shot=1, n_query=3, batches_per_epoch=5, tasks_per_batch=2)
+    model = make(data.image_shape, batch_norm="transductive")
+    pl.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0).fit(model, data)
+    data.setup("test")
+    episode = next(iter(data.test_dataloader()))
+    episode = data.on_after_batch_transfer(episode, 0)  # a batch of 10 test episodes
+    model.eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        transductive = model.evaluate(episode)
+        copy = deepcopy(model).train()
+        expected = torch.cat([copy.predict(task) for task in episode.tasks()])
+        model.hparams.batch_norm = "running"
+        running = model.evaluate(episode)
+    assert torch.allclose(transductive, expected, atol=1e-5)
+    assert not torch.allclose(transductive, running, atol=1e-3)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # running averages untouched
 
 
 # All three learn

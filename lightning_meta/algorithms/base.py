@@ -117,11 +117,15 @@ class MetaLearner(pl.LightningModule, ABC):
         self.log(f"train/{self.metric_name}", score, prog_bar=True)
         return loss
 
+    def evaluate(self, episode: Episode) -> Tensor:
+        """Query predictions in validation and test; ``predict`` unless the algorithm evaluates differently."""
+        return self.predict(episode)
+
     def validation_step(self, episode: Episode, batch_idx: int) -> None:
-        self.val_metric.update(self.score(self.predict(episode), episode))
+        self.val_metric.update(self.score(self.evaluate(episode), episode))
 
     def test_step(self, episode: Episode, batch_idx: int) -> None:
-        self.test_metric.update(self.score(self.predict(episode), episode))
+        self.test_metric.update(self.score(self.evaluate(episode), episode))
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric("val", self.val_metric)

@@ -1,17 +1,22 @@
 """The base of the metric-based algorithms: one embedding network f_θ for support and query, and a rule that
 compares each query with the support set. Nothing is adapted at test time; the comparison is the classifier.
+
+Batch norm trains on the statistics of each training batch. In evaluation, ``batch_norm: running`` (the default)
+normalises with the running averages gathered in training, so each query is classified on its own;
+``batch_norm: transductive`` normalises each episode with its own statistics (support and queries), as in
+training: the Relation Network's code never leaves training mode, so its published numbers are transductive.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_meta.algorithms.base import MetaLearner
-from lightning_meta.backbones import build_backbone
+from lightning_meta.backbones import batch_statistics, build_backbone
 from lightning_meta.episode import Episode
 
 
@@ -30,10 +35,13 @@ class MetricLearner(MetaLearner):
         image_shape: input shape, e.g. (1, 28, 28).
         backbone: the embedding network f_θ, by name (see ``lightning_meta.backbones``).
         hidden: filters (or units) of the backbone.
+        batch_norm: statistics of batch norm in evaluation, ``running`` or ``transductive`` (see the module
+            docstring).
         **kwargs: optimiser settings, see :class:`MetaLearner`.
     """
 
-    def __init__(self, image_shape: tuple[int, ...], backbone: str = "conv4", hidden: int = 64, **kwargs: Any) -> None:
+    def __init__(self, image_shape: tuple[int, ...], backbone: str = "conv4", hidden: int = 64,
+                 batch_norm: Literal["running", "transductive"] = "running", **kwargs: Any) -> None:
         super().__init__(image_shape, **kwargs)
         self.f_theta = build_backbone(backbone, image_shape, hidden=hidden)
         with torch.no_grad():  # in eval mode, so that batch norm's running statistics are untouched
@@ -47,6 +55,12 @@ class MetricLearner(MetaLearner):
         x = torch.cat([episode.support, episode.query], dim=1)  # [T, NK+NQ, *x]
         z = self.f_theta(x.flatten(0, 1)).unflatten(0, x.shape[:2])  # [T, NK+NQ, *z]
         return z[:, :NK], z[:, NK:]
+
+    def evaluate(self, episode: Episode) -> Tensor:
+        if self.hparams.batch_norm == "running":
+            return self.predict(episode)
+        with batch_statistics(self):  # one episode at a time, so that its statistics are its own
+            return torch.cat([self.predict(task) for task in episode.tasks()])
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         logits = self.predict(episode)  # [T, NQ, N], log p(y = k | x) up to a constant

@@ -14,7 +14,6 @@ import argparse
 import os
 from pathlib import Path
 
-import yaml
 from results import ROOT, hardware, record, this_command, today, train_config
 
 LABELS = {"mann": "mann", "mann_lstm_baseline": "mann, LSTM baseline (memory: false)"}
@@ -28,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     for config in args.configs:
         run = train_config(config, args.log_root)
-        data = yaml.safe_load((run.best.parents[1] / "config.yaml").read_text())["data"]["init_args"]
+        data = run.data()
         metrics, note = run.test_all("--data.test_episodes", str(args.test_episodes))
         instances = {name.removeprefix("acc_instance_"): figures for name, figures in metrics.items()
                      if name.startswith("acc_instance_")}

@@ -18,7 +18,6 @@ import argparse
 import os
 from pathlib import Path
 
-import yaml
 from results import ROOT, TrainedRun, hardware, record, this_command, today, train_config
 
 SHAPES = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
@@ -36,7 +35,7 @@ def main() -> None:
                         help="inner steps at test time (MAML, Reptile; default: the config's)")
     args = parser.parse_args()
     run = TrainedRun.load(args.run) if args.run else train_config(args.config, args.log_root)
-    data = yaml.safe_load((run.best.parents[1] / "config.yaml").read_text())["data"]["init_args"]
+    data = run.data()
     for shape in args.shapes:
         ways, shots = SHAPES[shape]
         for steps in args.eval_inner_steps:
@@ -52,6 +51,7 @@ def main() -> None:
                 "train_steps": run.steps, "hardware": hardware(), "date": today(), "command": this_command(),
                 "note": note,
             })  # fmt: skip
+
 
 if __name__ == "__main__":
     os.environ.setdefault("LIGHTNING_META_DATA", str(ROOT.parent / "shared" / "data"))

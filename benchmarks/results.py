@@ -110,10 +110,14 @@ class TrainedRun:
         fields.setdefault("closing_test", {})  # runs recorded before train.py's test was kept
         return cls(**fields)
 
+    def data(self) -> dict:
+        """The run's data settings (``data.init_args`` of the config.yaml train.py saved, defaults filled in)."""
+        return yaml.safe_load((self.best.parents[1] / "config.yaml").read_text())["data"]["init_args"]
+
     def is_closing_test(self, overrides: tuple[str, ...]) -> bool:
         """Whether testing with ``overrides`` repeats train.py's closing test: they only restate the config's own
         test shape and episode count."""
-        data = yaml.safe_load((self.best.parents[1] / "config.yaml").read_text())["data"]["init_args"]
+        data = self.data()
         own = {"--data.eval_n_way": data.get("eval_n_way") or data["n_way"],
                "--data.eval_k_shot": data.get("eval_k_shot") or data["k_shot"],
                "--data.test_episodes": data["test_episodes"]}

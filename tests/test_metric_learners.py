@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lightning_meta import Episode, MatchingNetwork, ProtoNet, RelationNetwork, Siamese, SyntheticDataModule
+from lightning_meta.algorithms.relation import RelationModule
 from lightning_meta.algorithms.siamese import verification_pairs
 from lightning_meta.backbones import batch_statistics
 from lightning_meta.errors import ConfigError
@@ -194,10 +195,10 @@ def test_fce_changes_the_embeddings_and_its_parameters_learn():
 # Relation Network
 
 class Difference(nn.Module):
-    """A stand-in relation module on 1x1 maps [B, 2, 1, 1]: class feature - query feature + 0.5."""
+    """A stand-in relation module on 1x1 maps: class feature - query feature + 0.5, [T, NQ, N]."""
 
-    def forward(self, pairs):
-        return (pairs[:, 0] - pairs[:, 1] + 0.5).flatten(1)
+    def forward(self, z_class, z_query):
+        return z_class.flatten(2)[:, None, :, 0] - z_query.flatten(2)[:, :, None, 0] + 0.5
 
 
 def test_relation_scores_targets_and_loss_by_hand():
@@ -222,6 +223,25 @@ def test_relation_class_features_are_per_class_sums():
     for t in range(2):
         for n in range(3):
             assert torch.allclose(sums[t, n], sum(z[t, i] for i in range(6) if labels[t, i] == n))
+
+
+def test_relation_module_equals_its_layers_on_each_concatenated_pair():
+    """The independent computation: the paper's g_φ run layer by layer on C(class j, query i), pair by pair built
+    with torch.cat, batch norm over all the pairs as in training."""
+    torch.manual_seed(0)
+    g_phi = RelationModule((4, 5, 5), hidden=6, fc_hidden=3)
+    z_class, z_query = torch.randn(2, 3, 4, 5, 5), torch.randn(2, 7, 4, 5, 5)
+    pairs = torch.stack([torch.stack([torch.cat([z_class[t, j], z_query[t, i]]) for j in range(3)])
+                         for t in range(2) for i in range(7)])  # [T * NQ, N, 2C, H, W]
+    layers = nn.Sequential(*g_phi.block1, *g_phi.block2, *g_phi.fc)
+    expected = layers(pairs.flatten(0, 1)).view(2, 7, 3)
+    scores = g_phi(z_class, z_query)
+    assert torch.allclose(scores, expected, atol=1e-6)
+    scores.sum().backward()
+    w = g_phi.block1[0].weight.grad.clone()
+    g_phi.zero_grad()
+    expected.sum().backward()
+    assert torch.allclose(w, g_phi.block1[0].weight.grad, atol=1e-5)
 
 
 def test_relation_module_shapes_on_omniglot():

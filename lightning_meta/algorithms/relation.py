@@ -24,17 +24,36 @@ from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
 
 
-def relation_module(z_shape: tuple[int, ...], hidden: int = 64, fc_hidden: int = 8) -> nn.Sequential:
-    """g_φ on a pair of feature maps [2C, H, W]: two blocks of 3x3 conv, batch norm, ReLU and 2x2 max-pool, then
-    fully connected ReLU (8 units) and fully connected sigmoid (1)."""
-    channels, height, width = z_shape
-    if min(height, width) < 4:
-        raise ConfigError(f"the relation module pools the {height}x{width} feature maps twice and needs at least 4x4; "
-                          f"raise data.image_size or use backbone conv4_maps")
-    convs = nn.Sequential(conv_block(2 * channels, hidden), conv_block(hidden, hidden), nn.Flatten())
-    features = hidden * (height // 2 // 2) * (width // 2 // 2)  # 64 at 28x28 (5x5 maps)
-    return nn.Sequential(*convs, nn.Linear(features, fc_hidden), nn.ReLU(inplace=True), nn.Linear(fc_hidden, 1),
-                         nn.Sigmoid())
+class RelationModule(nn.Module):
+    """g_φ on a pair of feature maps C(a, b) [2C, H, W]: two blocks of 3x3 conv, batch norm, ReLU and 2x2 max-pool,
+    then fully connected ReLU (8 units) and fully connected sigmoid (1).
+
+    The first convolution is linear in its input, so on a concatenated pair it splits into its two halves:
+    W * C(a, b) + β = (W_a * a + β) + W_b * b. Each half runs once per class and once per query rather than once
+    per (query, class) pair; the sum is the same pre-activation, then batch norm and the rest run on every pair.
+    """
+
+    def __init__(self, z_shape: tuple[int, ...], hidden: int = 64, fc_hidden: int = 8) -> None:
+        super().__init__()
+        channels, height, width = z_shape
+        if min(height, width) < 4:
+            raise ConfigError(f"the relation module pools the {height}x{width} feature maps twice and needs at least "
+                              f"4x4; raise data.image_size or use backbone conv4_maps")
+        self.block1, self.block2 = conv_block(2 * channels, hidden), conv_block(hidden, hidden)
+        features = hidden * (height // 2 // 2) * (width // 2 // 2)  # 64 at 28x28 (5x5 maps)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(features, fc_hidden), nn.ReLU(inplace=True),
+                                nn.Linear(fc_hidden, 1), nn.Sigmoid())
+
+    def forward(self, z_class: Tensor, z_query: Tensor) -> Tensor:
+        """Relation scores of every query with every class: [T, N, C, H, W], [T, NQ, C, H, W] -> [T, NQ, N]."""
+        (T, N), NQ = z_class.shape[:2], z_query.shape[1]
+        conv = self.block1[0]
+        W_a, W_b = conv.weight.split(z_class.shape[2], dim=1)  # [hidden, C, 3, 3] each
+        a = F.conv2d(z_class.flatten(0, 1), W_a, conv.bias, padding=conv.padding)  # [TN, hidden, H, W]
+        b = F.conv2d(z_query.flatten(0, 1), W_b, padding=conv.padding)  # [TNQ, hidden, H, W]
+        pairs = a.unflatten(0, (T, 1, N)) + b.unflatten(0, (T, NQ, 1))  # [T, NQ, N, hidden, H, W]
+        h = self.block2(self.block1[1:](pairs.flatten(0, 2)))
+        return self.fc(h).view(T, NQ, N)
 
 
 @register
@@ -57,7 +76,7 @@ class RelationNetwork(MetricLearner):
         if len(self.z_shape) != 3:
             raise ConfigError(f"the Relation Network compares feature maps, but backbone {backbone!r} gives vectors "
                               f"{self.z_shape}; choose conv4_maps")
-        self.g_phi = relation_module(self.z_shape, hidden, fc_hidden)
+        self.g_phi = RelationModule(self.z_shape, hidden, fc_hidden)
 
     def class_features(self, z_support: Tensor, labels: Tensor, n_way: int) -> Tensor:
         """The sum of each class's support feature maps: [T, NK, C, H, W] -> [T, N, C, H, W]."""
@@ -67,10 +86,7 @@ class RelationNetwork(MetricLearner):
     def predict(self, episode: Episode) -> Tensor:
         z_support, z_query = self.embed(episode)  # [T, NK, C, H, W], [T, NQ, C, H, W]
         z_class = self.class_features(z_support, episode.support_labels, episode.n_way)  # [T, N, C, H, W]
-        (T, N), NQ = z_class.shape[:2], z_query.shape[1]
-        pairs = torch.cat([z_class[:, None].expand(T, NQ, *z_class.shape[1:]),
-                           z_query[:, :, None].expand(T, NQ, N, *z_query.shape[2:])], dim=3)  # [T, NQ, N, 2C, H, W]
-        return self.g_phi(pairs.flatten(0, 2)).view(T, NQ, N)  # relation scores r_{i,j} in [0, 1]
+        return self.g_phi(z_class, z_query)  # relation scores r_{i,j} = g_φ(C(class j, query i)) in [0, 1]
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         relation_scores = self.predict(episode)  # [T, NQ, N]

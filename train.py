@@ -24,6 +24,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from lightning_meta import ConfigError, EpisodicDataModule, MetaLearner
 from lightning_meta.checkpoint import LastCheckpoint, read_checkpoint
+from lightning_meta.runtime import keep_freed_memory
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 METRICS = {"classification": "acc", "regression": "mse"}  # the evaluation metric of each kind of episode
@@ -131,6 +132,7 @@ def config_error_in(error: BaseException | None) -> ConfigError | None:
 
 
 def main(args: list[str] | None = None) -> dict[str, float]:
+    keep_freed_memory()
     cli = MetaCLI(MetaLearner, EpisodicDataModule, subclass_mode_model=True, subclass_mode_data=True,
                   args=find_config(sys.argv[1:] if args is None else args), run=False,
                   parser_kwargs={"exit_on_error": False}, save_config_kwargs={"overwrite": False})

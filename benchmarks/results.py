@@ -239,6 +239,18 @@ def render(records: list[dict]) -> str:
                          f"{r['test_episodes']} | {r['train_steps']} steps, {r['train_minutes']:.1f} min | "
                          f"{r['hardware']} | {r['date']} |")
         lines += commands(instances)
+    allocator = [r for r in records if r["kind"] == "allocator"]
+    if allocator:
+        lines += ["## Allocator", "",
+                  "Training steps per second of each config with glibc's default allocator and with",
+                  "`keep_freed_memory` (lightning_meta/runtime.py), which train.py applies.", "",
+                  "| algorithm | config | glibc default | freed memory kept | speed-up | hardware | date |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in allocator:
+            default, kept = r["rates"]["glibc default"], r["rates"]["freed memory kept"]
+            lines.append(f"| {r['algorithm']} | {r['config']} | {default:.3f} | {kept:.3f} | "
+                         f"**{kept / default:.2f}x** | {r['hardware']} | {r['date']} |")
+        lines += commands(allocator)
     throughput = [r for r in records if r["kind"] == "throughput"]
     if throughput:
         lines += ["## Throughput", "",

@@ -1,0 +1,77 @@
+"""Training steps per second of each algorithm's Omniglot 5-way 1-shot config through train.py, with glibc's
+default allocator and with ``keep_freed_memory`` (lightning_meta/runtime.py, which train.py applies). An
+allocator setting holds for a whole process, so every measurement is its own process; the two variants
+alternate ``repeats`` times and the medians are reported.
+
+    python benchmarks/allocator.py                      # every config below
+    python benchmarks/allocator.py --configs maml.yaml  # a subset
+
+Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+
+from results import ROOT, hardware, record, this_command, today
+
+CONFIGS = {  # config: (algorithm, timed steps)
+    "proto.yaml": ("protonet", 60), "matching.yaml": ("matching", 100), "relation.yaml": ("relation", 100),
+    "siamese.yaml": ("siamese", 100), "maml.yaml": ("maml", 20), "fomaml.yaml": ("fomaml", 30),
+    "reptile.yaml": ("reptile", 60), "mann.yaml": ("mann", 60), "metanet.yaml": ("metanet", 15),
+    "meta_lstm.yaml": ("meta_lstm", 15),
+}  # fmt: skip
+VARIANTS = {"glibc default": "train.keep_freed_memory = lambda: False", "freed memory kept": ""}
+CHILD = """
+import sys
+sys.path[:0] = [{bench!r}, {root!r}]
+import timing, train
+{patch}
+train.main({args!r})
+print("STEPS_PER_SECOND", timing.RATES[-1])
+"""
+
+
+def train_py_args(config: str, steps: int, warmup: int) -> list[str]:
+    return ["--config", config, "--trainer.max_steps", str(warmup + steps), "--data.batches_per_epoch",
+            str(warmup + steps), "--trainer.limit_val_batches", "0", "--data.test_episodes", "10",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--log_root", "/tmp/lightning_meta_allocator", "--checkpoint_every", "100000",
+            "--trainer.callbacks+=timing.StepTimer", "--trainer.callbacks.warmup", str(warmup)]
+
+
+def steps_per_second(config: str, steps: int, warmup: int, patch: str) -> float:
+    code = CHILD.format(bench=str(ROOT / "benchmarks"), root=str(ROOT), patch=patch,
+                        args=train_py_args(config, steps, warmup))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return float(out.split("STEPS_PER_SECOND")[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    for config in args.configs:
+        algorithm, steps = CONFIGS[config]
+        rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        for _ in range(args.repeats):
+            for name, patch in VARIANTS.items():
+                rates[name].append(steps_per_second(config, steps, args.warmup, patch))
+        medians = {name: statistics.median(r) for name, r in rates.items()}
+        print(config, {name: f"{rate:.3f} steps/s" for name, rate in medians.items()}, flush=True)
+        record({
+            "kind": "allocator", "algorithm": algorithm, "dataset": "omniglot", "split": "vinyals", "ways": 5,
+            "shots": 1, "config": config, "rates": medians, "hardware": hardware(), "date": today(),
+            "command": this_command(),
+            "note": f"Medians of {args.repeats} alternating processes of {steps} timed steps each (after "
+                    f"{args.warmup}), through `python train.py {' '.join(train_py_args(config, steps, args.warmup))}`.",
+        })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

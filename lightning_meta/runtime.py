@@ -13,11 +13,12 @@ def keep_freed_memory() -> bool:
     """Has glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
     By default every tensor above a few MB gets fresh pages from the kernel (mmap) and returns them when freed, so
-    each new activation pays a page fault per 4 KB before the first write: on a 2-core VM that made elementwise
-    ops on MAML's meta-batch four times slower than on reused memory, and whole training steps about twice as slow
-    (RESULTS.md, allocator). Here large blocks come from the heap and freed memory stays in the process; the
-    price is that the process keeps its peak memory until it exits. PyTorch's CPU tuning guide gets the same from
-    jemalloc or tcmalloc preloaded. Returns False (and changes nothing) where the C library is not glibc.
+    each new activation pays a page fault per 4 KB before its first write. Here large blocks come from the heap
+    and freed memory stays in the process, at the price of keeping the peak memory until the process exits. On a
+    2-core VM, ProtoNet, MAML, first-order MAML and Meta Networks then train 1.3 to 1.5 times as many steps per
+    second (RESULTS.md, allocator); the other algorithms, whose tensors are small, run about as before. PyTorch's
+    CPU tuning guide gets the same from jemalloc or tcmalloc preloaded. Returns False (and changes nothing) where
+    the C library is not glibc.
     """
     if not sys.platform.startswith("linux"):
         return False

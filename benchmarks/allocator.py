@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 
+import timing
 from results import ROOT, hardware, record, this_command, today
 
 CONFIGS = {  # config: (algorithm, timed steps)
@@ -36,11 +37,7 @@ print("STEPS_PER_SECOND", timing.RATES[-1])
 
 
 def train_py_args(config: str, steps: int, warmup: int) -> list[str]:
-    return ["--config", config, "--trainer.max_steps", str(warmup + steps), "--data.batches_per_epoch",
-            str(warmup + steps), "--trainer.limit_val_batches", "0", "--data.test_episodes", "10",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--log_root", "/tmp/lightning_meta_allocator", "--checkpoint_every", "100000",
-            "--trainer.callbacks+=timing.StepTimer", "--trainer.callbacks.warmup", str(warmup)]
+    return timing.timed_run_args(config, steps, warmup, 10, "/tmp/lightning_meta_allocator")
 
 
 def steps_per_second(config: str, steps: int, warmup: int, patch: str) -> float:

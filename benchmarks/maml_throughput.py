@@ -26,12 +26,8 @@ VARIANTS = {"second-order, vmap": ("false", "vmap"), "second-order, loop": ("fal
 
 
 def train_py_args(first_order: str, meta_batch: str, steps: int, warmup: int) -> list[str]:
-    return ["--config", "maml.yaml", "--model.first_order", first_order, "--model.meta_batch", meta_batch,
-            "--trainer.max_steps", str(warmup + steps), "--data.batches_per_epoch", str(warmup + steps),
-            "--trainer.limit_val_batches", "0", "--data.test_episodes", "25",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--log_root", "/tmp/lightning_meta_throughput", "--checkpoint_every", "100000",
-            "--trainer.callbacks+=timing.StepTimer", "--trainer.callbacks.warmup", str(warmup)]
+    return timing.timed_run_args("maml.yaml", steps, warmup, 25, "/tmp/lightning_meta_throughput") + [
+        "--model.first_order", first_order, "--model.meta_batch", meta_batch]
 
 
 def main() -> None:

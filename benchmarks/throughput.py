@@ -34,12 +34,8 @@ SHAPES = {"5w1s": (5, 1, 15, 300), "60w1s": (60, 1, 5, 100)}  # ways, shots, que
 
 
 def train_py_args(ways: int, shots: int, queries: int, steps: int, warmup: int) -> list[str]:
-    return ["--config", "proto.yaml", "--trainer.max_steps", str(warmup + steps), "--data.n_way", str(ways),
-            "--data.k_shot", str(shots), "--data.n_query", str(queries), "--data.batches_per_epoch",
-            str(warmup + steps), "--trainer.limit_val_batches", "0", "--data.test_episodes", "10",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--log_root", "/tmp/lightning_meta_throughput", "--checkpoint_every", "100000",
-            "--trainer.callbacks+=timing.StepTimer", "--trainer.callbacks.warmup", str(warmup)]
+    return timing.timed_run_args("proto.yaml", steps, warmup, 10, "/tmp/lightning_meta_throughput") + [
+        "--data.n_way", str(ways), "--data.k_shot", str(shots), "--data.n_query", str(queries)]
 
 
 def plain_loop_rate(data: OmniglotDataModule, episodes: list, warmup: int) -> float:

@@ -22,3 +22,13 @@ class StepTimer(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         RATES.append((trainer.global_step - self.warmup) / (time.perf_counter() - self.start))
+
+
+def timed_run_args(config: str, steps: int, warmup: int, test_episodes: int, log_root: str) -> list[str]:
+    """train.py arguments for a timed fit of ``config``: ``warmup + steps`` training steps with StepTimer, no
+    validation, a short closing test, no progress bar; settings of the run go after them."""
+    return ["--config", config, "--trainer.max_steps", str(warmup + steps), "--data.batches_per_epoch",
+            str(warmup + steps), "--trainer.limit_val_batches", "0", "--data.test_episodes", str(test_episodes),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--log_root", log_root, "--checkpoint_every", "100000",
+            "--trainer.callbacks+=timing.StepTimer", "--trainer.callbacks.warmup", str(warmup)]

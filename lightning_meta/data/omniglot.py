@@ -11,7 +11,6 @@ Splits:
 
 from __future__ import annotations
 
-import io
 import os
 import zipfile
 from dataclasses import dataclass
@@ -20,11 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from lightning_meta.data.datamodule import EpisodicDataModule, default_data_root
-from lightning_meta.data.store import ClassStore, DataError
+from lightning_meta.data.store import ClassStore, DataError, cache_folder, decode_image, load_cached, save_atomic
 
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 ARCHIVES = ("images_background", "images_evaluation")
@@ -95,21 +93,17 @@ def load_characters(
     folder = Path(root) / "omniglot"
     sources = [_find_source(folder, name, download) for name in ARCHIVES]
     fingerprint = [CACHE_VERSION, image_size] + [_fingerprint(s) for s in sources]
-    cache = _cache_path(folder, cache_dir) / f"omniglot_{image_size}.pt"
-    if cache.is_file():
-        try:
-            cached = torch.load(cache, weights_only=True)
-            if cached["fingerprint"] == fingerprint:
-                return OmniglotCharacters(cached["images"], cached["names"], cached["background"])
-        except Exception:  # an unreadable cache is rebuilt, never trusted
-            pass
+    cache = cache_folder(folder, cache_dir, "omniglot") / f"omniglot_{image_size}.pt"
+    cached = load_cached(cache, fingerprint)
+    if cached is not None:
+        return OmniglotCharacters(cached["images"], cached["names"], cached["background"])
     drawings: dict[str, list[tuple[str, np.ndarray]]] = {}
     background: dict[str, bool] = {}
     for archive, source in zip(ARCHIVES, sources):
         for path, data in _read_pngs(source):
             alphabet, character, filename = path.split("/")[-3:]
             name = f"{alphabet}/{character}"
-            drawings.setdefault(name, []).append((filename, _decode(data, image_size, path)))
+            drawings.setdefault(name, []).append((filename, 255 - decode_image(data, image_size, 1, path)[0]))
             background[name] = archive == "images_background"
     names = sorted(drawings)
     for name in names:
@@ -118,7 +112,7 @@ def load_characters(
                             f"the copy under {folder} is incomplete: replace it with the original zips")
     images = torch.from_numpy(np.stack([np.stack([a for _, a in sorted(drawings[n])]) for n in names]))
     chars = OmniglotCharacters(images[:, :, None], names, torch.tensor([background[n] for n in names]))
-    _save_atomic({"fingerprint": fingerprint, "images": chars.images, "names": names,
+    save_atomic({"fingerprint": fingerprint, "images": chars.images, "names": names,
                   "background": chars.background}, cache)
     return chars
 
@@ -155,38 +149,10 @@ def _read_pngs(source: Path):
         raise DataError(f"{source} is not a readable zip ({error}); download it again or extract it there") from None
 
 
-def _decode(data: bytes, image_size: int, path: str) -> np.ndarray:
-    try:
-        image = Image.open(io.BytesIO(data)).convert("L")
-    except Exception as error:
-        raise DataError(f"cannot read Omniglot image {path} ({error}); replace the damaged file or zip") from None
-    if image.size != (image_size, image_size):
-        image = image.resize((image_size, image_size), Image.Resampling.LANCZOS)
-    return 255 - np.asarray(image, dtype=np.uint8)  # strokes bright
-
-
 def _fingerprint(source: Path) -> list:
     if source.is_dir():
         return [source.name, sum(1 for _ in source.rglob("*.png"))]
     return [source.name, source.stat().st_size]
-
-
-def _cache_path(folder: Path, cache_dir: str | os.PathLike | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.access(folder, os.W_OK):
-        return folder
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lightning_meta" / "omniglot"
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except OSError:  # a cache we cannot write only costs the decoding time next run
-        pass
 
 
 class OmniglotDataModule(EpisodicDataModule):

@@ -52,8 +52,9 @@ class EpisodeSampler(Dataset[Episode]):
                             f"(got {n_way}, {k_shot}, {n_query})")
         if k_shot + n_query > store.items_per_class:
             raise DataError(
-                f"{split}: k_shot + n_query = {k_shot + n_query} but every class has only {store.items_per_class} "
-                f"items; lower k_shot or n_query so that they add up to at most {store.items_per_class}"
+                f"{split}: k_shot + n_query = {k_shot + n_query} but the smallest class has only "
+                f"{store.items_per_class} items; lower k_shot or n_query so that they add up to at most "
+                f"{store.items_per_class}"
             )
         self.store, self.split, self.seed = store, split, seed
         self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
@@ -75,8 +76,11 @@ class EpisodeSampler(Dataset[Episode]):
         else:
             members = self.group_members[int(torch.randint(len(self.group_members), (1,), generator=g))]
             classes = members[torch.randperm(len(members), generator=g)[: self.n_way]]
-        items = torch.rand(self.n_way, self.store.items_per_class, generator=g).argsort(dim=1)
-        return classes, items[:, : self.k_shot + self.n_query]
+        slots = self.store.images.shape[1]
+        keys = torch.rand(self.n_way, slots, generator=g)  # a random order of each class's items
+        if self.store.counts is not None:  # padding slots go last, never drawn
+            keys = keys.masked_fill(torch.arange(slots) >= self.store.counts[classes, None], 2.0)
+        return classes, keys.argsort(dim=1)[:, : self.k_shot + self.n_query]
 
     def __getitem__(self, index: int) -> Episode:
         classes, items = self.indices(index)

@@ -36,8 +36,10 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
     of them per training step and ``batches_per_epoch`` steps per epoch; they are drawn from ``seed`` and
     never repeat. Validation and test episodes have their own shape (``eval_*``, defaulting to the
     training one) and are fixed: they depend only on ``eval_seed``, so every run is scored on the same ones.
-    ``train_transform`` (a torchvision v2 transform, e.g. ``RandomAffine``) augments each uint8 training
-    image; ``mean`` and ``std`` normalise every image once it is a float on the device.
+    ``train_transform`` (a torchvision v2 transform on uint8 image tensors, e.g. ``RandomAffine``, or a
+    ``Compose`` of random crop, flip and colour jitter) augments each training image, and ``eval_transform``
+    each validation and test image; ``mean`` and ``std`` normalise every image (per channel) once it is a float
+    on the device.
     """
 
     group: str = "group"  # what a class group is called in this data set ("alphabet" for Omniglot)
@@ -60,6 +62,7 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
         seed: int = 0,
         eval_seed: int = 0,
         train_transform: nn.Module | None = None,
+        eval_transform: nn.Module | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         num_workers: int = 0,
@@ -79,7 +82,8 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
         self.batches_per_epoch = batches_per_epoch
         self.num_episodes = {"val": val_episodes, "test": test_episodes}
         self.within_group, self.seed, self.eval_seed = within_group, seed, eval_seed
-        self.train_transform, self.num_workers = train_transform, num_workers
+        self.transforms = {"train": train_transform, "val": eval_transform, "test": eval_transform}
+        self.num_workers = num_workers
         if (mean is None) != (std is None):
             raise DataError("data.mean and data.std go together: set both (one value per channel) or neither")
         self.mean = None if mean is None else torch.tensor(mean).view(-1, 1, 1)
@@ -97,7 +101,7 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
             self.build_store(subset), subset, n, k, q,
             seed=self.seed if subset == "train" else self.eval_seed,
             within_group=self.within_group,
-            transform=self.train_transform if subset == "train" else None,
+            transform=self.transforms[subset],
         )  # fmt: skip
 
     @property

@@ -38,9 +38,18 @@ class ChannelsLast(nn.Module):
     """Puts images in channels-last memory order, which the CPU (oneDNN) and GPU conv kernels run fastest on."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch._C._functorch.is_batchedtensor(x):  # vmap has no memory formats; its batched convs choose their own
+        if self.under_vmap(x):  # vmap has no memory formats; its batched convs choose their own
             return x
         return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def under_vmap(x: Tensor) -> bool:
+        """Whether ``x`` is batched by ``vmap`` at any level, also below the wrapper of a ``grad`` inside it."""
+        while torch._C._functorch.is_functorch_wrapped_tensor(x):
+            if torch._C._functorch.is_batchedtensor(x):
+                return True
+            x = torch._C._functorch.get_unwrapped(x)
+        return False
 
 
 class GlobalAveragePool(nn.Module):
@@ -48,6 +57,30 @@ class GlobalAveragePool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x.mean((-2, -1))
+
+
+class ResidualBlock(nn.Module):
+    """The residual block of ResNet-12 (Oreshkin et al., 2018; Lee et al., 2019): three 3x3 convs with batch norm,
+    LeakyReLU(0.1) after the first two; plus a 1x1 conv and batch norm shortcut; LeakyReLU(0.1) of the sum, then a
+    2x2 max-pool. Nothing in place, so that ``torch.func`` can run it."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv3 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.act = nn.LeakyReLU(0.1)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.act(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.pool(self.act(out + self.shortcut(x)))
 
 
 @register_backbone("conv4")
@@ -92,6 +125,36 @@ def conv4_maps(image_shape: tuple[int, ...], hidden: int = 64) -> nn.Sequential:
                 nn.Conv2d(hidden, hidden, 3), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
     net = nn.Sequential(ChannelsLast(), *unpadded, conv_block(hidden, hidden, pool=False),
                         conv_block(hidden, hidden, pool=False))
+    return net.to(memory_format=torch.channels_last)
+
+
+def resnet12_blocks(name: str, image_shape: tuple[int, ...], hidden: int) -> list[nn.Module]:
+    """The layers of ResNet-12 before any pooling: four :class:`ResidualBlock` of hidden x (1, 2.5, 5, 10) filters
+    (64-160-320-640 at ``hidden`` 64; 2.5 x hidden rounded down). ``name`` is the backbone's, for the messages."""
+    if len(image_shape) != 3:
+        raise ConfigError(f"{name} needs images (C, H, W), got input shape {tuple(image_shape)}; use backbone: mlp")
+    channels, height, width = image_shape
+    if min(height, width) < 16:
+        raise ConfigError(f"{name} halves the image four times and needs at least 16x16 pixels, got {height}x{width}; "
+                          f"raise data.image_size")
+    widths = [channels, hidden, hidden * 5 // 2, hidden * 5, hidden * 10]
+    return [ChannelsLast(), *(ResidualBlock(a, b) for a, b in zip(widths, widths[1:]))]
+
+
+@register_backbone("resnet12")
+def resnet12(image_shape: tuple[int, ...], hidden: int = 64) -> nn.Sequential:
+    """The ResNet-12 of TADAM (Oreshkin et al., 2018) and MetaOptNet (Lee et al., 2019), then global average
+    pooling: 640-d embeddings at ``hidden`` 64 (5x5 maps before pooling at 84x84), about 12.4M parameters.
+    MetaOptNet's DropBlock regularisation is not included."""
+    net = nn.Sequential(*resnet12_blocks("resnet12", image_shape, hidden), GlobalAveragePool())
+    return net.to(memory_format=torch.channels_last)
+
+
+@register_backbone("resnet12_maps")
+def resnet12_maps(image_shape: tuple[int, ...], hidden: int = 64) -> nn.Sequential:
+    """:func:`resnet12` without the pooling at the end, for the Relation Network: feature maps [B, 10 x hidden, h, w],
+    640 x 5 x 5 at 84x84. DropBlock is not included."""
+    net = nn.Sequential(*resnet12_blocks("resnet12_maps", image_shape, hidden))
     return net.to(memory_format=torch.channels_last)
 
 

@@ -17,6 +17,14 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cifar100_root() -> Path:
+    """``cifar100/`` of the shared data folder: the split files and the class-folder (JPEG) copy of CIFAR-100."""
+    if not (DATA / "cifar100" / "cifar100_jpeg_q75.zip").exists():
+        pytest.skip(f"CIFAR-100 not found under {DATA}; set LIGHTNING_META_DATA to a folder holding cifar100/")
+    return DATA / "cifar100"
+
+
+@pytest.fixture(scope="session")
 def omniglot(data_root):
     from lightning_meta.data.omniglot import load_characters
 

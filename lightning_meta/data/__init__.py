@@ -1,6 +1,9 @@
 """Few-shot datasets as class stores, the episode sampler and the episodic DataModules."""
 
+from lightning_meta.data.cifar import CIFARFewShotDataModule
 from lightning_meta.data.datamodule import EpisodicDataModule
+from lightning_meta.data.folder import ClassFolderDataModule
+from lightning_meta.data.miniimagenet import MiniImageNetDataModule
 from lightning_meta.data.omniglot import OmniglotDataModule
 from lightning_meta.data.sampler import EpisodeSampler, EpisodeSchedule, episode_seed
 from lightning_meta.data.sinusoid import SinusoidDataModule, SinusoidTasks
@@ -8,6 +11,7 @@ from lightning_meta.data.store import ClassStore, DataError
 from lightning_meta.data.synthetic import SyntheticDataModule
 
 __all__ = [
-    "ClassStore", "DataError", "EpisodeSampler", "EpisodeSchedule", "EpisodicDataModule", "OmniglotDataModule",
-    "SinusoidDataModule", "SinusoidTasks", "SyntheticDataModule", "episode_seed",
+    "CIFARFewShotDataModule", "ClassFolderDataModule", "ClassStore", "DataError", "EpisodeSampler", "EpisodeSchedule",
+    "EpisodicDataModule", "MiniImageNetDataModule", "OmniglotDataModule", "SinusoidDataModule", "SinusoidTasks",
+    "SyntheticDataModule", "episode_seed",
 ]  # fmt: skip

@@ -94,12 +94,13 @@ class TrainedRun:
     best: Path
     log: Path
     closing_test: dict[str, tuple[float, float]]  # train.py's own test of the best checkpoint, with the config's shape
+    dataset: list[str]  # [data set, split] as train.py names them, e.g. ["omniglot", "vinyals"]
 
     def save(self) -> None:
         """Writes what ``load`` needs into the run folder (``benchmark.json`` beside ``checkpoints/``)."""
         fields = {"config": self.config, "train_args": self.train_args, "minutes": self.minutes, "steps": self.steps,
                   "algorithm": self.algorithm, "best": self.best.name, "log": str(self.log),
-                  "closing_test": self.closing_test}
+                  "closing_test": self.closing_test, "dataset": self.dataset}
         (self.best.parents[1] / "benchmark.json").write_text(json.dumps(fields, indent=1) + "\n")
 
     @classmethod
@@ -108,6 +109,8 @@ class TrainedRun:
         fields = json.loads((run / "benchmark.json").read_text())
         fields["best"], fields["log"] = run / "checkpoints" / fields["best"], Path(fields["log"])
         fields.setdefault("closing_test", {})  # runs recorded before train.py's test was kept
+        run_yaml = yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]
+        fields.setdefault("dataset", ["omniglot", run_yaml.get("split")])  # runs recorded before other data sets
         return cls(**fields)
 
     def data(self) -> dict:
@@ -163,7 +166,7 @@ def train_config(config: str, log_root: str) -> TrainedRun:
     best = next((run / "checkpoints").glob("best-*.ckpt"))
     algorithm = last["lightning_meta"]["algorithm"]
     trained = TrainedRun(config, train_args, minutes, last["global_step"], algorithm, best, log,
-                         parse_test_metrics(out))
+                         parse_test_metrics(out), parse_dataset(out))
     trained.save()
     return trained
 
@@ -172,6 +175,13 @@ def parse_test_metrics(out: str) -> dict[str, tuple[float, float]]:
     """The test metrics train.py prints (``test/acc 97.12 ± 0.31``): name without ``test/`` -> mean and 95% CI."""
     found = re.findall(r"^test/(\S+) (\S+) ± (\S+)", out, re.M)
     return {name: (float(mean), float(ci95)) for name, mean, ci95 in found}
+
+
+def parse_dataset(out: str) -> list[str]:
+    """[data set, split] from the line train.py prints for its test (``test/acc ... (omniglot/vinyals, 5-way ...``)."""
+    found = re.search(r"^test/\S+ \S+ ± \S+\s+\(([^,]+),", out, re.M)
+    dataset, _, split = found.group(1).partition("/") if found else ("", "", "")
+    return [dataset, split]
 
 
 def record(*entries: dict) -> None:

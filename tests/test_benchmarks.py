@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from results import TrainedRun, parse_test_metrics  # noqa: E402
+from results import TrainedRun, parse_dataset, parse_test_metrics  # noqa: E402
 
 TRAIN_PY_OUTPUT = """Testing DataLoader 0: 100%
 test/acc 69.31 ± 0.59  (omniglot vinyals test split: 1000 episodes, 5-way 1-shot, 9 queries per class)
@@ -21,6 +21,16 @@ def test_train_py_test_figures_are_read_every_printed_figure():
                                              "acc_instance_10": (73.70, 0.63)}
 
 
+@pytest.mark.parametrize("line, dataset", [
+    ("test/acc 94.61 ± 0.32  (omniglot/vinyals, 5-way 1-shot, 1000 episodes)", ["omniglot", "vinyals"]),
+    ("test/acc 55.02 ± 0.81  (cifar_fs/cifar100_jpeg_q75.zip, 5-way 1-shot, 1000 episodes)",
+     ["cifar_fs", "cifar100_jpeg_q75.zip"]),
+    ("test/mse 0.6310 ± 0.0520  (sinusoid, K=10, 100 query points, 30 tasks)", ["sinusoid", ""]),
+])  # fmt: skip
+def test_the_data_set_is_read_from_the_test_line(line, dataset):
+    assert parse_dataset(f"Testing DataLoader 0: 100%\n{line}\ntest/acc_instance_1 21.48 ± 0.52\n") == dataset
+
+
 @pytest.fixture
 def run(tmp_path: Path) -> TrainedRun:
     """A finished run of a 5-way 1-shot config tested on 1,000 episodes (eval shape left to the training one)."""
@@ -29,7 +39,7 @@ def run(tmp_path: Path) -> TrainedRun:
     data = {"n_way": 5, "k_shot": 1, "eval_n_way": None, "eval_k_shot": None, "test_episodes": 1000}
     (folder / "config.yaml").write_text(yaml.safe_dump({"data": {"init_args": data}}))
     return TrainedRun("proto.yaml", [], 1.0, 10, "protonet", folder / "checkpoints" / "best.ckpt",
-                      tmp_path / "proto.log", parse_test_metrics(TRAIN_PY_OUTPUT))
+                      tmp_path / "proto.log", parse_test_metrics(TRAIN_PY_OUTPUT), ["omniglot", "vinyals"])
 
 
 @pytest.mark.parametrize("overrides, repeats", [

@@ -1,12 +1,13 @@
-"""Few-shot accuracy on Omniglot (the split of the config): train with a config, then test the best checkpoint on
-1,000 fixed test episodes of each requested shape, and record the results.
+"""Few-shot accuracy on the data set of a config (Omniglot, CIFAR-FS, FC100, miniImageNet, ...): train with the
+config, then test the best checkpoint on 1,000 fixed test episodes of each requested shape, and record the results.
 
-    python benchmarks/omniglot_accuracy.py                                   # proto.yaml; 5w1s 5w5s 20w1s 20w5s
-    python benchmarks/omniglot_accuracy.py --config proto_5shot.yaml --shapes 5w5s 20w5s
-    python benchmarks/omniglot_accuracy.py --config maml.yaml --shapes 5w1s 5w5s
-    python benchmarks/omniglot_accuracy.py --config fomaml.yaml --label fomaml --shapes 5w1s 5w5s
-    python benchmarks/omniglot_accuracy.py --config siamese_lake.yaml --shapes 20w1s   # lake split, within alphabet
-    python benchmarks/omniglot_accuracy.py --run lightning_logs/benchmarks/maml/version_0 --eval_inner_steps 10
+    python benchmarks/accuracy.py                                            # proto.yaml; 5w1s 5w5s 20w1s 20w5s
+    python benchmarks/accuracy.py --config proto_5shot.yaml --shapes 5w5s 20w5s
+    python benchmarks/accuracy.py --config maml.yaml --shapes 5w1s 5w5s
+    python benchmarks/accuracy.py --config fomaml.yaml --label fomaml --shapes 5w1s 5w5s
+    python benchmarks/accuracy.py --config siamese_lake.yaml --shapes 20w1s   # lake split, within alphabet
+    python benchmarks/accuracy.py --config proto_cifar_fs.yaml --shapes 5w1s 5w5s  # CIFAR-FS
+    python benchmarks/accuracy.py --run lightning_logs/benchmarks/maml/version_0 --eval_inner_steps 10
 
 Run it on an otherwise idle machine. The training command and each test command are recorded with the
 figures (RESULTS.md, benchmarks/results.json).
@@ -44,9 +45,9 @@ def main() -> None:
                                        "--data.test_episodes", str(args.test_episodes), *overrides)
             print(f"{shape}{'' if steps is None else f', {steps} inner steps'}: {acc:.2f} ± {ci95:.2f}")
             record({
-                "kind": "accuracy", "algorithm": args.label or run.algorithm, "dataset": "omniglot",
-                "split": data["split"], "ways": ways, "shots": shots, "within_alphabet": data["within_alphabet"],
-                "inner_steps": steps,
+                "kind": "accuracy", "algorithm": args.label or run.algorithm, "dataset": run.dataset[0],
+                "split": run.dataset[1], "ways": ways, "shots": shots,
+                "within_alphabet": bool(data.get("within_alphabet")), "inner_steps": steps,
                 "test_episodes": args.test_episodes, "acc": acc, "ci95": ci95, "train_minutes": run.minutes,
                 "train_steps": run.steps, "hardware": hardware(), "date": today(), "command": this_command(),
                 "note": note,

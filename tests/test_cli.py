@@ -105,7 +105,7 @@ BAD_INPUT = {
     "negative lr": (["--model.lr", "-0.1"], r"model.lr must be positive"),
     "more ways than classes": (["--data.n_way", 5000], r"n_way = 5000 but the split has only 4112 classes"),
     "shots and queries over the drawings": (["--data.k_shot", 10, "--data.n_query", 15],
-                                            r"k_shot \+ n_query = 25 but every class has only 20 items"),
+                                            r"k_shot \+ n_query = 25 but the smallest class has only 20 items"),
     "one way": (["--data.n_way", 1], r"need n_way >= 2"),
     "image too small": (["--data.image_size", 8], r"needs at least 16x16 pixels"),
     "MAML in inference mode": (["--config", "maml.yaml", "--trainer.inference_mode", "true"],
@@ -181,3 +181,35 @@ def test_print_config_resolves_a_bare_config_name():
     out = ok(train("--config", "proto.yaml", "--model.lr", "0.0005", "--print_config"))
     assert "class_path: lightning_meta.algorithms.ProtoNet" in out and "lr: 0.0005" in out
     assert "n_way: 60" in out and "class_path: lightning_meta.data.OmniglotDataModule" in out
+
+
+@pytest.fixture(scope="module")
+def fake_cifar(tmp_path_factory):
+    """A class-folder copy of CIFAR-100 made up of noise: every class of the 100, four 32x32 images each."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    from lightning_meta.data.cifar import SUPERCLASS_OF
+
+    root = tmp_path_factory.mktemp("data")
+    (root / "cifar100").mkdir()
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(root / "cifar100" / "copy.zip", "w") as archive:
+        for name in SUPERCLASS_OF:
+            for i in range(4):
+                buffer = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
+                archive.writestr(f"train/{name}/{i}.png", buffer.getvalue())
+    return root
+
+
+@pytest.mark.parametrize("config", ["proto_cifar_fs.yaml", "maml_cifar_fs.yaml"])
+def test_cifar_fs_configs_train_and_test_on_a_class_folder_copy(config, fake_cifar, tmp_path):
+    small = ["--data.n_way", 5, "--data.n_query", 2, "--data.eval_n_query", 2, "--data.batches_per_epoch", 2,
+             "--data.val_episodes", 4, "--data.test_episodes", 4, "--data.eval_tasks_per_batch", 2]
+    out = ok(train("--config", config, "--trainer.max_steps", 2, *small, *TINY, data_root=fake_cifar,
+                   log_root=tmp_path))
+    assert re.search(r"^test/acc \d+\.\d\d ± \d+\.\d\d  \(cifar_fs/copy\.zip, 5-way 1-shot, 4 episodes\)$", out, re.M)

@@ -40,6 +40,8 @@ PAPER = {  # published test accuracy (%) by (algorithm, dataset, ways, shots); a
     ("relation", "omniglot", 5, 1): 99.6, ("relation", "omniglot", 5, 5): 99.8,
     ("relation", "omniglot", 20, 1): 97.6, ("relation", "omniglot", 20, 5): 99.1,
     ("metanet", "omniglot", 5, 1): 98.95, ("metanet", "omniglot", 20, 1): 97.00,
+    ("protonet", "cifar_fs", 5, 1): 55.5, ("protonet", "cifar_fs", 5, 5): 72.0,  # conv4, Bertinetto et al. 2019
+    ("maml", "cifar_fs", 5, 1): 58.9, ("maml", "cifar_fs", 5, 5): 71.5,
 }  # fmt: skip
 
 

@@ -34,6 +34,22 @@ def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> nn.Seq
     return nn.Sequential(*layers)
 
 
+def image_channels(name: str, image_shape: tuple[int, ...], min_side: int, needs: str, fix: str) -> int:
+    """The channels of ``image_shape``, after checking that it is an image of at least ``min_side`` pixels a side
+    (the message says why the backbone ``needs`` that, and the ``fix``)."""
+    if len(image_shape) != 3:
+        raise ConfigError(f"{name} needs images (C, H, W), got input shape {tuple(image_shape)}; use backbone: mlp")
+    channels, height, width = image_shape
+    if min(height, width) < min_side:
+        raise ConfigError(f"{name} {needs} at least {min_side}x{min_side} pixels, got {height}x{width}; {fix}")
+    return channels
+
+
+def four_halvings(name: str, image_shape: tuple[int, ...]) -> int:
+    """The channels of an image that four 2x2 poolings leave non-empty (conv4, ResNet-12)."""
+    return image_channels(name, image_shape, 16, "halves the image four times and needs", "raise data.image_size")
+
+
 class ChannelsLast(nn.Module):
     """Puts images in channels-last memory order, which the CPU (oneDNN) and GPU conv kernels run fastest on."""
 
@@ -86,12 +102,7 @@ class ResidualBlock(nn.Module):
 @register_backbone("conv4")
 def conv4(image_shape: tuple[int, ...], hidden: int = 64, flatten: bool = True) -> nn.Sequential:
     """The four-block ConvNet of Vinyals et al. (2016) and Snell et al. (2017): 64-d embeddings at 28x28."""
-    if len(image_shape) != 3:
-        raise ConfigError(f"conv4 needs images (C, H, W), got input shape {tuple(image_shape)}; use backbone: mlp")
-    channels, height, width = image_shape
-    if min(height, width) < 16:
-        raise ConfigError(f"conv4 halves the image four times and needs at least 16x16 pixels, got {height}x{width}; "
-                          f"raise data.image_size")
+    channels = four_halvings("conv4", image_shape)
     layers = [ChannelsLast(), conv_block(channels, hidden), conv_block(hidden, hidden), conv_block(hidden, hidden),
               conv_block(hidden, hidden)]
     net = nn.Sequential(*layers, nn.Flatten()) if flatten else nn.Sequential(*layers)
@@ -116,11 +127,7 @@ def conv4_strided(image_shape: tuple[int, ...], hidden: int = 64) -> nn.Sequenti
 def conv4_maps(image_shape: tuple[int, ...], hidden: int = 64) -> nn.Sequential:
     """The embedding of Sung et al. (2018): four blocks of 3x3 conv, batch norm and ReLU; the first two unpadded
     and max-pooled, the last two padded and not pooled. Returns feature maps: [B, 64, 5, 5] at 28x28."""
-    if len(image_shape) != 3:
-        raise ConfigError(f"conv4_maps needs images (C, H, W), got input shape {tuple(image_shape)}")
-    channels, height, width = image_shape
-    if min(height, width) < 10:
-        raise ConfigError(f"conv4_maps needs at least 10x10 pixels, got {height}x{width}; raise data.image_size")
+    channels = image_channels("conv4_maps", image_shape, 10, "needs", "raise data.image_size")
     unpadded = [nn.Conv2d(channels, hidden, 3), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), nn.MaxPool2d(2),
                 nn.Conv2d(hidden, hidden, 3), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
     net = nn.Sequential(ChannelsLast(), *unpadded, conv_block(hidden, hidden, pool=False),
@@ -131,13 +138,7 @@ def conv4_maps(image_shape: tuple[int, ...], hidden: int = 64) -> nn.Sequential:
 def resnet12_blocks(name: str, image_shape: tuple[int, ...], hidden: int) -> list[nn.Module]:
     """The layers of ResNet-12 before any pooling: four :class:`ResidualBlock` of hidden x (1, 2.5, 5, 10) filters
     (64-160-320-640 at ``hidden`` 64; 2.5 x hidden rounded down). ``name`` is the backbone's, for the messages."""
-    if len(image_shape) != 3:
-        raise ConfigError(f"{name} needs images (C, H, W), got input shape {tuple(image_shape)}; use backbone: mlp")
-    channels, height, width = image_shape
-    if min(height, width) < 16:
-        raise ConfigError(f"{name} halves the image four times and needs at least 16x16 pixels, got {height}x{width}; "
-                          f"raise data.image_size")
-    widths = [channels, hidden, hidden * 5 // 2, hidden * 5, hidden * 10]
+    widths = [four_halvings(name, image_shape), hidden, hidden * 5 // 2, hidden * 5, hidden * 10]
     return [ChannelsLast(), *(ResidualBlock(a, b) for a, b in zip(widths, widths[1:]))]
 
 
@@ -163,12 +164,8 @@ def koch(image_shape: tuple[int, ...], hidden: int = 4096) -> nn.Sequential:
     """The Siamese twin of Koch, Zemel & Salakhutdinov (2015) for 105x105 images: conv 64@10x10, max-pool,
     128@7x7, max-pool, 128@4x4, max-pool, 256@4x4 (each conv followed by ReLU), then a ``hidden``-unit
     (4,096) fully connected layer with sigmoid."""
-    if len(image_shape) != 3:
-        raise ConfigError(f"koch needs images (C, H, W), got input shape {tuple(image_shape)}")
-    channels, height, width = image_shape
-    if min(height, width) < 65:
-        raise ConfigError(f"koch is built for 105x105 images and needs at least 65x65, got {height}x{width}; "
-                          f"set data.image_size: 105")
+    channels = image_channels("koch", image_shape, 65, "is built for 105x105 images and needs",
+                              "set data.image_size: 105")
     convs = nn.Sequential(
         nn.Conv2d(channels, 64, 10), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Conv2d(64, 128, 7), nn.ReLU(inplace=True), nn.MaxPool2d(2),

@@ -84,6 +84,11 @@ def train_py(*args: str, log: Path) -> str:
     return result.stdout
 
 
+def data_settings(run: Path) -> dict:
+    """A run folder's data settings: ``data.init_args`` of the config.yaml train.py saved, defaults filled in."""
+    return yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]
+
+
 @dataclass
 class TrainedRun:
     """A finished ``train.py`` run of a config: how long it took and its best checkpoint."""
@@ -111,13 +116,12 @@ class TrainedRun:
         fields = json.loads((run / "benchmark.json").read_text())
         fields["best"], fields["log"] = run / "checkpoints" / fields["best"], Path(fields["log"])
         fields.setdefault("closing_test", {})  # runs recorded before train.py's test was kept
-        run_yaml = yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]
-        fields.setdefault("dataset", ["omniglot", run_yaml.get("split")])  # runs recorded before other data sets
+        fields.setdefault("dataset", ["omniglot", data_settings(run).get("split")])  # recorded before other data
         return cls(**fields)
 
     def data(self) -> dict:
-        """The run's data settings (``data.init_args`` of the config.yaml train.py saved, defaults filled in)."""
-        return yaml.safe_load((self.best.parents[1] / "config.yaml").read_text())["data"]["init_args"]
+        """The run's data settings (see :func:`data_settings`)."""
+        return data_settings(self.best.parents[1])
 
     def is_closing_test(self, overrides: tuple[str, ...]) -> bool:
         """Whether testing with ``overrides`` repeats train.py's closing test: they only restate the config's own

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from lightning_meta.data.folder import ClassFolderDataModule
-from lightning_meta.data.store import ClassStore, DataError
+from lightning_meta.data.store import ClassStore, DataError, image_array
 
 SUPERCLASSES = {  # CIFAR-100's 20 superclasses and their fine classes
     "aquatic_mammals": ("beaver", "dolphin", "otter", "seal", "whale"),
@@ -87,10 +87,7 @@ def pickle_stores(
     images: dict[str, list[np.ndarray]] = {}
     for part in parts:
         for array, label in zip(part.data, part.targets):  # [32, 32, 3] uint8
-            image = Image.fromarray(array)
-            if image_size != array.shape[0]:
-                image = image.resize((image_size, image_size), Image.Resampling.LANCZOS)
-            images.setdefault(part.classes[label], []).append(np.asarray(image).transpose(2, 0, 1).copy())
+            images.setdefault(part.classes[label], []).append(image_array(Image.fromarray(array), image_size, 3))
     return {subset: ClassStore.from_classes({n: images[n] for n in names}, SUPERCLASS_OF)
             for subset, names in classes.items()}
 

@@ -17,12 +17,11 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from lightning_meta.data.datamodule import SUBSETS
 from lightning_meta.data.folder import ClassFolderDataModule, load_stores
-from lightning_meta.data.store import ClassStore, DataError
+from lightning_meta.data.store import ClassStore, DataError, image_array
 
 PICKLE = "mini-imagenet-cache-{}.pkl"
 
@@ -79,17 +78,10 @@ def pickle_stores(folder: Path, image_size: int) -> dict[str, ClassStore]:
         except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
             raise DataError(f"{path} is not a readable miniImageNet pickle ({type(error).__name__}: {error}); "
                             f"replace it") from None
-        classes = {label: [_resized(data[i], image_size) for i in sorted(indices)]
+        classes = {label: [image_array(Image.fromarray(data[i]), image_size, 3) for i in sorted(indices)]
                    for label, indices in class_dict.items()}
         stores[subset] = ClassStore.from_classes(classes)
     return stores
-
-
-def _resized(image: np.ndarray, image_size: int) -> np.ndarray:
-    """[H, W, 3] uint8 -> [3, size, size] uint8."""
-    if image.shape[:2] != (image_size, image_size):
-        image = np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.Resampling.LANCZOS))
-    return image.transpose(2, 0, 1).copy()
 
 
 class MiniImageNetDataModule(ClassFolderDataModule):

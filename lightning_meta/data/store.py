@@ -48,7 +48,7 @@ class ClassStore:
     @property
     def items_per_class(self) -> int:
         """The smallest number of items of any class (what an episode can draw from every class)."""
-        return self.images.shape[1] if self.counts is None else int(self.counts.min())
+        return int(self.sizes.min())
 
     @property
     def sizes(self) -> Tensor:
@@ -80,16 +80,23 @@ class ClassStore:
 
 
 def decode_image(data: bytes, size: int, channels: int, where: str) -> np.ndarray:
-    """Image file bytes to a [channels, size, size] uint8 array (grey for 1 channel, RGB for 3), resized with
-    Lanczos filtering when it is not already size x size. A file that does not decode raises one DataError
-    naming it."""
+    """Image file bytes to a [channels, size, size] uint8 array (see :func:`image_array`). A file that does not
+    decode raises one DataError naming it."""
     if channels not in (1, 3):
         raise DataError(f"data.channels must be 1 (grey) or 3 (RGB), got {channels}")
     try:
-        image = Image.open(io.BytesIO(data)).convert("L" if channels == 1 else "RGB")
+        image = Image.open(io.BytesIO(data))
+        image.load()
     except Exception as error:
         raise DataError(f"cannot read image {where} ({type(error).__name__}: {error}); "
                         f"delete or replace the damaged file") from None
+    return image_array(image, size, channels)
+
+
+def image_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """A PIL image as a [channels, size, size] uint8 array: grey for 1 channel, RGB for 3, resized with Lanczos
+    filtering when it is not already size x size."""
+    image = image.convert("L" if channels == 1 else "RGB")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.LANCZOS)
     array = np.asarray(image, dtype=np.uint8)

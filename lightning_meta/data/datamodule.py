@@ -37,8 +37,9 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
     never repeat. Validation and test episodes have their own shape (``eval_*``, defaulting to the
     training one) and are fixed: they depend only on ``eval_seed``, so every run is scored on the same ones.
     ``train_transform`` (a torchvision v2 transform on uint8 image tensors, e.g. ``RandomAffine``, or a
-    ``Compose`` of random crop, flip and colour jitter) augments each training image, and ``eval_transform``
-    each validation and test image; ``mean`` and ``std`` normalise every image (per channel) once it is a float
+    ``Compose`` of the batched random crop, flip and colour jitter of ``lightning_meta.data.augment``, which
+    augment all images of an episode in one call) augments each training image, and ``eval_transform`` each
+    validation and test image; ``mean`` and ``std`` normalise every image (per channel) once it is a float
     on the device.
     """
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
+from lightning_meta.data.augment import is_batched
 from lightning_meta.data.store import ClassStore, DataError
 from lightning_meta.episode import Episode
 
@@ -33,7 +34,8 @@ class EpisodeSampler(Dataset[Episode]):
 
     With ``within_group`` every episode takes its N classes from one group (one Omniglot alphabet, the
     protocol of Lake et al.). ``transform``, if given, is applied to each uint8 image with the random
-    state seeded from the episode key, so augmentation is as reproducible as the episode itself.
+    state seeded from the episode key, so augmentation is as reproducible as the episode itself; a batched
+    transform (``lightning_meta.data.augment``) gets all the images of the episode in one call.
     """
 
     def __init__(
@@ -58,7 +60,7 @@ class EpisodeSampler(Dataset[Episode]):
             )
         self.store, self.split, self.seed = store, split, seed
         self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
-        self.transform = transform
+        self.transform, self.batched = transform, is_batched(transform)
         self.group_members: list[Tensor] | None = None
         if within_group:
             members = [torch.nonzero(store.groups == g).flatten() for g in range(len(store.group_names))]
@@ -88,7 +90,12 @@ class EpisodeSampler(Dataset[Episode]):
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(episode_seed(self.seed, self.split + "/transform", index))
-                x = torch.stack([self.transform(image) for image in x.flatten(0, 1)]).unflatten(0, x.shape[:2])
+                images = x.flatten(0, 1)  # [N*(K+Q), *x]
+                if self.batched:  # one call for all images, each with its own random parameters
+                    images = self.transform(images)
+                else:
+                    images = torch.stack([self.transform(image) for image in images])
+                x = images.unflatten(0, x.shape[:2])
         n, k, q = self.n_way, self.k_shot, self.n_query
         labels = torch.arange(n)
         return Episode(

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 import re
 import sys
 import warnings
@@ -22,8 +24,8 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from lightning_meta import ConfigError, EpisodicDataModule, MetaLearner
-from lightning_meta.checkpoint import LastCheckpoint, read_checkpoint
+from lightning_meta import ConfigError, EpisodicDataModule, MetaLearner, TrainingError
+from lightning_meta.checkpoint import AtomicCheckpointIO, LastCheckpoint, read_checkpoint
 from lightning_meta.runtime import keep_freed_memory
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -48,7 +50,7 @@ class MetaCLI(LightningCLI):
         self.run_name = config_name(self.config)
         self.ckpt_path, version = resolve_ckpt_path(self.config.ckpt_path, self.config.log_root, self.run_name)
         if self.ckpt_path is not None:
-            read_checkpoint(self.ckpt_path, self.model)
+            read_checkpoint(self.ckpt_path, self.model, None if self.config.test_only else self.datamodule)
         elif self.config.test_only:
             raise ConfigError("--test_only needs a checkpoint: add --ckpt_path PATH (or --ckpt_path last)")
         trainer = self.config_init["trainer"]
@@ -59,6 +61,7 @@ class MetaCLI(LightningCLI):
         if self.config.test_only:  # writes nothing: no logs, no checkpoints, no saved config
             self.save_config_callback = None
             return super().instantiate_trainer(logger=False, enable_checkpointing=False, **kwargs)
+        check_writable(Path(self.config.log_root))
         run = TensorBoardLogger(self.config.log_root, name=self.run_name, version=version, default_hp_metric=False)
         run_dir = Path(run.log_dir)  # lightning_logs/<config>/version_N, whatever logger the config asks for
         if version is not None:  # resuming into the same run folder: keep its config.yaml, add one beside it
@@ -71,7 +74,10 @@ class MetaCLI(LightningCLI):
         configured = trainer.get("logger")
         logger = run if configured in (None, True) else configured
         callbacks = [*(trainer.get("callbacks") or []), self.checkpoint, last]
-        return super().instantiate_trainer(logger=logger, callbacks=callbacks, default_root_dir=run_dir, **kwargs)
+        plugins = trainer.get("plugins") or []
+        plugins = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
+        return super().instantiate_trainer(logger=logger, callbacks=callbacks, default_root_dir=run_dir,
+                                           plugins=plugins, **kwargs)
 
 
 def config_name(config) -> str:
@@ -93,6 +99,19 @@ def resolve_ckpt_path(ckpt_path: str | None, log_root: str, name: str) -> tuple[
     path = Path(ckpt_path)
     in_run = path.parent.name == "checkpoints" and path.parents[1].name.startswith("version_")
     return ckpt_path, int(path.parents[1].name.removeprefix("version_")) if in_run else None
+
+
+def check_writable(folder: Path) -> None:
+    """Makes the log folder, or says in one line why it cannot be written to."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK | os.X_OK)
+    except OSError as error:
+        writable, reason = False, error.strerror
+    else:
+        reason = "permission denied"
+    if not writable:
+        raise ConfigError(f"cannot write runs under --log_root {folder} ({reason}); choose a folder you can write to")
 
 
 def free_name(folder: Path, stem: str, suffix: str) -> str:
@@ -121,7 +140,23 @@ def explain(error: ArgumentError) -> str:
                            r"Got value: (.*?) - ", message)
     if wrong_type:
         return f"{wrong_type[1]} setting '{wrong_type[2]}' must be a {wrong_type[3]}, not '{wrong_type[4]}'"
+    unknown_class = re.search(r"Parser key \"(model|data)\": .*?Expected a dot import path string: (\S+)", message)
+    if unknown_class:
+        base = MetaLearner if unknown_class[1] == "model" else EpisodicDataModule
+        choices = sorted(c.__name__ for c in subclasses(base) if not inspect.isabstract(c))
+        what = "algorithm" if unknown_class[1] == "model" else "data module"
+        return f"unknown {what} '{unknown_class[2]}' for --{unknown_class[1]}; choose one of {', '.join(choices)}"
+    missing = re.search(r"Parser key \"config\": File does not exist: '(.*?)'", message)
+    if missing:
+        return f"config file {Path(missing[1]).name} not found, neither as a path nor in {CONFIGS}; check the name"
+    if message.startswith("Problems parsing config"):
+        reason = message.split(":", 1)[1].strip().replace('in "<unicode string>", ', "")
+        return f"a config is not valid YAML ({reason}); fix the file given to --config"
     return message
+
+
+def subclasses(cls: type) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
 
 
 def config_error_in(error: BaseException | None) -> ConfigError | None:
@@ -157,6 +192,8 @@ def main(args: list[str] | None = None) -> dict[str, float]:
 if __name__ == "__main__":
     try:
         main()
+    except TrainingError as error:
+        sys.exit(f"error: {error}")
     except (ArgumentError, ValueError) as error:
         if (cause := config_error_in(error)) is not None:
             sys.exit(f"error: {' '.join(str(cause).split())}")

@@ -15,10 +15,10 @@ from lightning_meta.algorithms import (
 )
 from lightning_meta.data import EpisodicDataModule, OmniglotDataModule, SinusoidDataModule, SyntheticDataModule
 from lightning_meta.episode import Episode
-from lightning_meta.errors import ConfigError
+from lightning_meta.errors import ConfigError, TrainingError
 
 __all__ = [
     "ALGORITHMS", "ConfigError", "Episode", "EpisodicDataModule", "MAML", "MANN", "MatchingNetwork", "MetaLearner",
     "MetaLSTM", "MetaNet", "OmniglotDataModule", "ProtoNet", "RelationNetwork", "Reptile", "Siamese",
-    "SinusoidDataModule", "SyntheticDataModule",
+    "SinusoidDataModule", "SyntheticDataModule", "TrainingError",
 ]  # fmt: skip

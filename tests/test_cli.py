@@ -117,6 +117,16 @@ BAD_INPUT = {
                                                  r"lr_final anneals .* set max_steps"),
     "ProtoNet on regression data": (["--config", "maml_sinusoid.yaml", "--model", "ProtoNet"],
                                     r"ProtoNet learns classification episodes, but the data gives regression"),
+    "zero lr": (["--model.lr", 0], r"model.lr must be positive"),
+    "no shots": (["--data.k_shot", 0], r"need n_way >= 2, k_shot >= 1 and n_query >= 1 \(got \d+, 0, \d+\)"),
+    "no queries": (["--data.n_query", 0], r"need n_way >= 2, k_shot >= 1 and n_query >= 1 \(got \d+, \d+, 0\)"),
+    "no tasks per batch": (["--data.tasks_per_batch", 0], r"data.tasks_per_batch must be at least 1"),
+    "unknown algorithm": (["--model", "Protonet2"], r"unknown algorithm 'Protonet2' for --model; choose one of MAML"),
+    "unknown data module": (["--data", "Omni"], r"unknown data module 'Omni' for --data; choose one of .*Omniglot"),
+    "missing config file": (["--config", "proto_typo.yaml"], r"config file proto_typo.yaml not found"),
+    "mean without std": (["--data.mean", "[0.5]"], r"data.mean and data.std go together"),
+    "test only without a checkpoint": (["--test_only", "true"], r"--test_only needs a checkpoint"),
+    "resume a run that does not exist": (["--ckpt_path", "last"], r"no run of 'proto' with a last.ckpt"),
 }
 
 
@@ -140,6 +150,28 @@ def test_unknown_config_key_in_a_yaml_file(tmp_path):
     config = (ROOT / "configs" / "proto_synthetic.yaml").read_text().replace("n_query: 5", "n_queries: 5")
     (tmp_path / "typo.yaml").write_text(config)
     one_line_error(train("--config", tmp_path / "typo.yaml", log_root=tmp_path / "logs"), r"no setting 'n_queries'")
+
+
+def test_yaml_syntax_error(tmp_path):
+    config = (ROOT / "configs" / "proto_synthetic.yaml").read_text().replace("n_query: 5", "n_query: [5")
+    (tmp_path / "broken.yaml").write_text(config)
+    one_line_error(train("--config", tmp_path / "broken.yaml", log_root=tmp_path / "logs"), r"not valid YAML .*line")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_unwritable_log_folder(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    one_line_error(train("--config", "proto_synthetic.yaml", log_root=tmp_path / "a_file" / "logs"),
+                   r"cannot write runs under --log_root .*a_file/logs \(Not a directory\)")
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
+def test_resuming_with_other_training_episodes_is_refused(protonet_run):
+    before = snapshot(protonet_run)
+    one_line_error(train("--config", "proto_synthetic.yaml", "--ckpt_path", "last", "--data.n_way", 3,
+                         "--data.seed", 4, *TINY, log_root=protonet_run),
+                   r"trained on other episodes than the config gives \(n_way 5 -> 3, seed 0 -> 4 in data\)")
+    assert snapshot(protonet_run) == before
 
 
 @pytest.mark.parametrize("damage", ["other algorithm", "other backbone", "truncated"])

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from lightning_meta.episode import Episode
-from lightning_meta.errors import ConfigError
+from lightning_meta.errors import ConfigError, TrainingError
 from lightning_meta.metrics import EpisodeMean, episode_accuracy, episode_mse
 
 ALGORITHMS: dict[str, type[MetaLearner]] = {}
@@ -112,6 +112,11 @@ class MetaLearner(pl.LightningModule, ABC):
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
         loss, predictions = self.meta_loss(episode)
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):  # on any rank
+            raise TrainingError(f"{self.name}: the training loss is {loss.item()} at step {self.global_step}; "
+                                f"training stopped before the weights took it in, and last.ckpt keeps the last good "
+                                f"ones: resume with --ckpt_path last and a lower model.lr, or clip gradients "
+                                f"(trainer.gradient_clip_val)")
         score = self.score(predictions.detach(), episode).mean()
         self.log("train/loss", loss, prog_bar=True)
         self.log(f"train/{self.metric_name}", score, prog_bar=True)

@@ -158,6 +158,15 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
         batch.support, batch.query = self.to_float(batch.support), self.to_float(batch.query)
         return batch
 
+    def training_episodes(self) -> dict[str, int]:
+        """What fixes the sequence of training episodes; a run resumed from a checkpoint must keep all of it."""
+        n, k, q = self.shapes["train"]
+        return {"n_way": n, "k_shot": k, "n_query": q, "tasks_per_batch": self.tasks_per_batch, "seed": self.seed}
+
+    def state_dict(self) -> dict[str, dict[str, int]]:
+        """Saved in every checkpoint (Lightning's hook), so that resuming can check the training episodes."""
+        return {"training_episodes": self.training_episodes()}
+
     def _trained_batches(self) -> int:
         """Training batches done so far; Lightning restores the count from a checkpoint, so a resumed run
         continues with the very next episode."""

@@ -125,12 +125,24 @@ def load_cached(path: Path, fingerprint: list) -> dict | None:
     return cached if cached.get("fingerprint") == fingerprint else None
 
 
-def save_atomic(obj: dict, path: Path) -> None:
-    """Writes ``obj`` to ``path`` through a temporary file, so a crash never leaves a half-written cache."""
+def write_atomic(obj: object, path: Path) -> None:
+    """``torch.save(obj, path)`` through a temporary file beside ``path``, flushed to disk and then renamed over
+    it: a process killed while writing leaves ``path`` as it was, never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError:  # a cache we cannot write only costs the decoding time next run
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """Writes a cache with ``write_atomic``; a cache we cannot write only costs the decoding time next run."""
+    try:
+        write_atomic(obj, path)
+    except OSError:
         pass

@@ -19,7 +19,8 @@ class Pause(pl.Callback):
 
 
 class PoisonWeights(pl.Callback):
-    """Turns one weight into NaN at the end of training step ``step``, as a diverging update would."""
+    """Turns one weight of every parameter tensor into NaN at the end of training step ``step``, as a diverging
+    update would."""
 
     def __init__(self, step: int) -> None:
         self.step = step
@@ -27,4 +28,5 @@ class PoisonWeights(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
         if trainer.global_step == self.step:
             with torch.no_grad():
-                next(pl_module.parameters()).view(-1)[0] = float("nan")
+                for parameter in pl_module.parameters():
+                    parameter[(0,) * parameter.dim()] = float("nan")

@@ -112,15 +112,18 @@ class MetaLearner(pl.LightningModule, ABC):
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
         loss, predictions = self.meta_loss(episode)
-        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):  # on any rank
-            raise TrainingError(f"{self.name}: the training loss is {loss.item()} at step {self.global_step}; "
-                                f"training stopped before the weights took it in, and last.ckpt keeps the last good "
-                                f"ones: resume with --ckpt_path last and a lower model.lr, or clip gradients "
-                                f"(trainer.gradient_clip_val)")
         score = self.score(predictions.detach(), episode).mean()
         self.log("train/loss", loss, prog_bar=True)
         self.log(f"train/{self.metric_name}", score, prog_bar=True)
         return loss
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        """Stops training on a loss that is NaN or infinite (on any rank), before it reaches the weights."""
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+            raise TrainingError(f"{self.name}: the training loss is {loss.item()} at step {self.global_step}; "
+                                f"training stopped before the weights took it in, and last.ckpt keeps the last good "
+                                f"ones: resume with --ckpt_path last and a lower model.lr, or clip gradients "
+                                f"(trainer.gradient_clip_val)")
 
     def evaluate(self, episode: Episode) -> Tensor:
         """Query predictions in validation and test; ``predict`` unless the algorithm evaluates differently."""

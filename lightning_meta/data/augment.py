@@ -129,8 +129,10 @@ class ColorJitter(BatchTransform):
         x = images.to(torch.float32, copy=True)  # adjusted in place, image group by image group
         for step in range(len(self.OPERATIONS)):
             for index, name in enumerate(self.OPERATIONS):
+                if name not in factors:
+                    continue
                 chosen = torch.nonzero(order[:, step] == index).flatten()  # the images adjusted by it now
-                if name in factors and len(chosen):
+                if len(chosen):
                     x[chosen] = self.adjust(name, x[chosen], factors[name][chosen], images.is_floating_point())
         return x.to(images.dtype)
 

@@ -95,16 +95,16 @@ def test_lrua_matches_a_plain_python_implementation_over_several_steps_and_heads
     assert torch.allclose(state.w_u[0], torch.tensor(expected_w_u, dtype=torch.float64))
 
 
-def episode(T=2, n=3, k=1, q=2, d=5, seed=0):
+def episode(T=2, n=3, k=1, q=2, d=5, seed=0, keys=(1, 2)):
     g = torch.Generator().manual_seed(seed)
     return Episode(support=torch.randn(T, n * k, d, generator=g), support_labels=torch.arange(n).repeat_interleave(k)
                    .repeat(T, 1), query=torch.randn(T, n * q, d, generator=g),
-                   query_labels=torch.arange(n).repeat_interleave(q).repeat(T, 1), n_way=n)
+                   query_labels=torch.arange(n).repeat_interleave(q).repeat(T, 1), n_way=n, keys=torch.tensor(keys))
 
 
 def test_sequence_is_a_shuffle_of_the_episode_with_instance_numbers():
     e = episode(T=2, n=3, k=2, q=3)
-    seq = as_sequence(e, seeds=[1, 2])
+    seq = as_sequence(e)
     for t in range(2):
         examples = torch.cat([e.support[t], e.query[t]])
         labels = torch.cat([e.support_labels[t], e.query_labels[t]])
@@ -124,8 +124,7 @@ def test_step_t_sees_the_label_of_step_t_minus_1_and_never_its_own(memory):
     model = MANN(image_shape=(5,), n_way=3, controller=8, memory=memory, memory_rows=6, memory_width=4, heads=2)
     inputs = []
     model.lstm.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
-    e = episode()
-    seq = as_sequence(e, seeds=[3, 4])
+    seq = as_sequence(episode(keys=(3, 4)))
     model(seq)
     labels = torch.stack(inputs, dim=1)[:, :, 5:8]  # [T, L, N]: the label part of the controller's input
     assert torch.equal(labels[:, 0], torch.zeros(2, 3))
@@ -135,20 +134,20 @@ def test_step_t_sees_the_label_of_step_t_minus_1_and_never_its_own(memory):
 def test_episodes_are_independent():
     """A task's logits do not depend on the other tasks of its batch nor on what the model saw before."""
     model = MANN(image_shape=(5,), n_way=3, controller=8, memory_rows=6, memory_width=4, heads=2)
-    a, b = episode(seed=1), episode(seed=2)
-    seq_a, seq_b = as_sequence(a, [5, 6]), as_sequence(b, [7, 6])
+    a, b = episode(seed=1, keys=(5, 6)), episode(seed=2, keys=(7, 6))
+    seq_a, seq_b = as_sequence(a), as_sequence(b)
     first = model(seq_a)
     model(seq_b)
     again = model(seq_a)
     assert torch.equal(first, again)
-    alone = model(as_sequence(Episode(a.support[:1], a.support_labels[:1], a.query[:1], a.query_labels[:1], 3), [5]))
+    alone = model(as_sequence(a.tasks()[0]))
     assert torch.allclose(first[:1], alone, atol=1e-6)
 
 
 def test_memory_changes_the_predictions_of_a_model_with_it():
     torch.manual_seed(0)
     with_memory = MANN(image_shape=(5,), n_way=3, controller=8, memory_rows=6, memory_width=4, heads=2)
-    seq = as_sequence(episode(), [1, 2])
+    seq = as_sequence(episode())
     logits = with_memory(seq)
     with_memory.key.weight.data.zero_()  # all keys 0: every read is the uniform average of the memory
     with_memory.key.bias.data.zero_()
@@ -161,7 +160,7 @@ def test_bad_settings_are_refused():
     with pytest.raises(ConfigError, match="gamma"):
         MANN(image_shape=(5,), n_way=3, gamma=1.5)
     with pytest.raises(ConfigError, match="model.n_way"):
-        MANN(image_shape=(5,), n_way=3)(as_sequence(episode(n=4), [0, 1]))
+        MANN(image_shape=(5,), n_way=3)(as_sequence(episode(n=4)))
 
 
 def test_learns_on_the_synthetic_set():

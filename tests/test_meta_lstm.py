@@ -60,7 +60,7 @@ def test_gates_held_at_one_and_alpha_reproduce_plain_sgd():
     hold_gates(model, alpha)
     episode = small_episode(T=2)
     with torch.no_grad():
-        theta = model.adapt(episode, steps, None, seed=0)
+        theta = model.adapt(episode, steps, None)
         scores = model.query_scores(theta, episode)
     theta_0 = torch.cat([p.detach().flatten() for p in model.net.parameters()])
     for task in range(2):

@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_meta import Episode, Reptile, SinusoidDataModule, SyntheticDataModule
+from lightning_meta.episode import collate_episodes
 
 
 def fit_on(model: Reptile, *episodes: Episode) -> None:
@@ -49,6 +50,27 @@ def test_one_outer_step_moves_theta_by_epsilon_times_the_mean_of_w_minus_theta(i
         assert torch.allclose(p.detach(), theta[name] + epsilon * mean_move, atol=1e-6, rtol=1e-5), name
         moved += mean_move.abs().sum().item()
     assert moved > 0.1
+
+
+def test_a_task_is_adapted_the_same_in_any_batch():
+    """Mini-batches of 2 from 6 support examples are drawn from each task's key: a task's predictions are the same
+    alone, first or second in a batch; another key gives other mini-batches, hence other predictions."""
+    torch.manual_seed(0)
+    N, K, shape = 3, 2, (8,)
+    model = Reptile(shape, n_way=N, backbone="mlp", hidden=4, inner_optimizer="sgd", inner_lr=0.5,
+                    eval_inner_steps=3, eval_inner_batch=2)
+
+    def task(key: int) -> Episode:
+        g = torch.Generator().manual_seed(key)
+        return Episode(torch.randn(1, N * K, *shape, generator=g), torch.arange(N).repeat_interleave(K)[None],
+                       torch.randn(1, N, *shape, generator=g), torch.arange(N)[None], N, keys=torch.tensor([key]))
+
+    a, b = task(11), task(12)
+    alone = model.predict(a)[0]
+    assert torch.allclose(model.predict(collate_episodes([a, b]))[0], alone, atol=1e-6)
+    assert torch.allclose(model.predict(collate_episodes([b, a]))[1], alone, atol=1e-6)
+    rekeyed = Episode(a.support, a.support_labels, a.query, a.query_labels, N, keys=torch.tensor([13]))
+    assert not torch.allclose(model.predict(rekeyed)[0], alone, atol=1e-6)
 
 
 def test_adam_moment_carries_over_from_step_to_step_as_the_mean_over_tasks():

@@ -21,6 +21,7 @@ from torch.func import functional_call
 
 from lightning_meta.algorithms.base import MetaLearner
 from lightning_meta.backbones import MetaBatchNorm, build_backbone, with_meta_batch_norm
+from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
 
 Params = dict[str, Tensor]
@@ -91,13 +92,21 @@ class GradientLearner(MetaLearner):
             for norm in self.norms:
                 norm.reference = None
 
-    def mini_batches(self, n: int, steps: int, batch: int | None, generator: torch.Generator) -> Tensor:
-        """Indices [steps, B] of the examples of each inner step: consecutive shuffled passes over the n (for the
-        learners that adapt on mini-batches of the support set: Reptile, the LSTM meta-learner)."""
+    @staticmethod
+    def mini_batches(episode: Episode, steps: int, batch: int | None) -> Tensor:
+        """Indices [T, steps, B] of the support examples of each inner step of every task: consecutive shuffled
+        passes over its n support examples, drawn from the task's own generator (for the learners that adapt on
+        mini-batches of the support set: Reptile, the LSTM meta-learner)."""
+        T, n = episode.support.shape[:2]
         batch = min(batch or n, n)
         passes = -(-steps * batch // n)
-        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])
-        return order[: steps * batch].view(steps, batch)
+
+        def task(t: int) -> Tensor:
+            generator = episode.generator(t, "mini-batches")
+            order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])
+            return order[: steps * batch].view(steps, batch)
+
+        return torch.stack([task(t) for t in range(T)])
 
     def meta_parameters(self) -> Params:
         """θ, as a name -> tensor dict for ``f``."""
@@ -113,3 +122,4 @@ class GradientLearner(MetaLearner):
     def batch_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         """L(f_params(x), y): the loss the inner steps descend."""
         return self.loss(self.f(params, x), y)
+

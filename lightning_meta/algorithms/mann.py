@@ -41,7 +41,6 @@ from torch import Tensor, nn
 
 from lightning_meta.algorithms.base import MetaLearner, register
 from lightning_meta.backbones import build_backbone
-from lightning_meta.data.sampler import episode_seed
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
 from lightning_meta.metrics import EpisodeMean
@@ -57,11 +56,12 @@ class EpisodeSequence:
     n_way: int
 
 
-def as_sequence(episode: Episode, seeds: list[int]) -> EpisodeSequence:
-    """Support and query examples of each task in a random order drawn from that task's seed."""
+def as_sequence(episode: Episode) -> EpisodeSequence:
+    """Support and query examples of each task in a random order drawn from that task's key."""
     x = torch.cat([episode.support, episode.query], dim=1)  # [T, L, *x]
     y = torch.cat([episode.support_labels, episode.query_labels], dim=1)  # [T, L]
-    order = torch.stack([torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(s)) for s in seeds])
+    T, L = y.shape
+    order = torch.stack([torch.randperm(L, generator=episode.generator(t, "sequence")) for t in range(T)])
     order = order.to(x.device)
     x = x.gather(1, order.view(*order.shape, *[1] * (x.dim() - 2)).expand_as(x))
     y = y.gather(1, order)
@@ -190,17 +190,15 @@ class MANN(MetaLearner):
             logits.append(self.output(torch.cat([h, r], dim=-1)))
         return torch.stack(logits, dim=1)
 
-    def run(self, episode: Episode, stage: str, batch_idx: int) -> tuple[EpisodeSequence, Tensor]:
-        """The episode as sequences, and their logits. The order of each task is drawn from (stage, batch, rank,
-        task): fresh orders at every training step, the same ones at every evaluation."""
-        step = self.global_step if stage == "train" else batch_idx
-        seeds = [episode_seed(step, f"{stage}/{self.global_rank}", j) for j in range(episode.support.shape[0])]
-        seq = as_sequence(episode, seeds)
+    def run(self, episode: Episode) -> tuple[EpisodeSequence, Tensor]:
+        """The episode as sequences, and their logits. The order of each task is drawn from its key: training
+        episodes never repeat, and each evaluation episode has the same order at every evaluation."""
+        seq = as_sequence(episode)
         return seq, self.forward(seq)
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         """Cross-entropy at every step, and the logits [T, L, N]."""
-        seq, logits = self.run(episode, "train", self.global_step)
+        seq, logits = self.run(episode)
         return self.sequence_loss(logits, seq), logits
 
     @staticmethod
@@ -208,7 +206,7 @@ class MANN(MetaLearner):
         return F.cross_entropy(logits.flatten(0, 1), seq.y.flatten())
 
     def predict(self, episode: Episode) -> Tensor:
-        return self.run(episode, "predict", 0)[1]
+        return self.run(episode)[1]
 
     @staticmethod
     def instance_accuracy(logits: Tensor, seq: EpisodeSequence, n: int) -> Tensor:
@@ -222,15 +220,15 @@ class MANN(MetaLearner):
         return episode.support.shape[1] // episode.n_way
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
-        seq, logits = self.run(episode, "train", batch_idx)
+        seq, logits = self.run(episode)
         loss = self.sequence_loss(logits, seq)
         self.log("train/loss", loss, prog_bar=True)
         acc = self.instance_accuracy(logits.detach(), seq, self.k_shot(episode) + 1)
         self.log("train/acc", acc.mean(), prog_bar=True)
         return loss
 
-    def evaluation_step(self, episode: Episode, stage: str, batch_idx: int) -> None:
-        seq, logits = self.run(episode, stage, batch_idx)
+    def evaluation_step(self, episode: Episode, stage: str) -> None:
+        seq, logits = self.run(episode)
         metric = self.val_metric if stage == "val" else self.test_metric
         metric.update(self.instance_accuracy(logits, seq, self.k_shot(episode) + 1))
         for n in INSTANCES:
@@ -239,10 +237,10 @@ class MANN(MetaLearner):
                 self.instance_metrics[f"{stage}_{n}"].update(scores)
 
     def validation_step(self, episode: Episode, batch_idx: int) -> None:
-        self.evaluation_step(episode, "val", batch_idx)
+        self.evaluation_step(episode, "val")
 
     def test_step(self, episode: Episode, batch_idx: int) -> None:
-        self.evaluation_step(episode, "test", batch_idx)
+        self.evaluation_step(episode, "test")
 
     def _log_metric(self, stage: str, metric: EpisodeMean) -> None:
         super()._log_metric(stage, metric)

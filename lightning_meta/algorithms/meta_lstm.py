@@ -103,11 +103,10 @@ class MetaLSTM(GradientLearner):
         i = torch.sigmoid(self.W_I(torch.cat([h_t, theta[..., None], i[..., None]], dim=-1))).squeeze(-1)
         return f * theta - i * grad, ((h, c), f, i)
 
-    def adapt(self, episode: Episode, steps: int, batch: int | None, seed: int) -> Tensor:
+    def adapt(self, episode: Episode, steps: int, batch: int | None) -> Tensor:
         """θ_T [T, P] of every task: ``steps`` meta-learner updates of θ_0 on mini-batches of its support set."""
-        T, n = episode.support.shape[:2]
-        generator = torch.Generator().manual_seed(seed)
-        batches = torch.stack([self.mini_batches(n, steps, batch, generator) for _ in range(T)])  # [T, steps, B]
+        T = episode.support.shape[0]
+        batches = self.mini_batches(episode, steps, batch)  # [T, steps, B]
         batches, tasks = batches.to(episode.support.device), torch.arange(T, device=episode.support.device)[:, None]
         theta = torch.cat([p.flatten() for p in self.meta_parameters().values()]).expand(T, -1)  # θ_0, [T, P]
         state = (None, torch.zeros_like(theta), torch.zeros_like(theta))
@@ -123,12 +122,12 @@ class MetaLSTM(GradientLearner):
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         hp = self.hparams
-        theta = self.adapt(episode, hp.inner_steps, hp.inner_batch, seed=self.global_step)
+        theta = self.adapt(episode, hp.inner_steps, hp.inner_batch)
         outputs = self.query_scores(theta, episode)
         return self.loss(outputs.flatten(0, 1), episode.query_labels.flatten(0, 1)), outputs
 
     def predict(self, episode: Episode) -> Tensor:
         hp = self.hparams
         with torch.no_grad():
-            theta = self.adapt(episode, hp.eval_inner_steps or hp.inner_steps, hp.inner_batch, seed=0)
+            theta = self.adapt(episode, hp.eval_inner_steps or hp.inner_steps, hp.inner_batch)
             return self.query_scores(theta, episode)

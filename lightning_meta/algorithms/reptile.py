@@ -95,12 +95,10 @@ class Reptile(GradientLearner):
                 W = {k: p - hp.inner_lr * g[k] / ((v[k] / (1 - ADAM_BETA2**t)).sqrt() + ADAM_EPS) for k, p in W.items()}
         return W, v
 
-    def adapt_each(self, episode: Episode, steps: int, batch: int | None, seed: int) -> tuple[Params, Params, Tensor]:
+    def adapt_each(self, episode: Episode, steps: int, batch: int | None) -> tuple[Params, Params, Tensor]:
         """W_τ and Adam's moment v_τ for every task of the batch (stacked: [T, ...] per parameter), and
         f_W_τ(query_τ) [T, NQ, N]."""
-        T, n = episode.support.shape[:2]
-        generator = torch.Generator().manual_seed(seed)
-        batches = torch.stack([self.mini_batches(n, steps, batch, generator) for _ in range(T)])  # [T, steps, B]
+        batches = self.mini_batches(episode, steps, batch)  # [T, steps, B]
         theta, v = {k: p.detach() for k, p in self.meta_parameters().items()}, self.unflatten(self.inner_v)
 
         def task(x: Tensor, y: Tensor, query: Tensor, task_batches: Tensor) -> tuple[Params, Params, Tensor]:
@@ -112,7 +110,7 @@ class Reptile(GradientLearner):
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         hp = self.hparams
-        W, v, outputs = self.adapt_each(episode, hp.inner_steps, hp.inner_batch, seed=self.global_step)
+        W, v, outputs = self.adapt_each(episode, hp.inner_steps, hp.inner_batch)
         if hp.inner_optimizer == "adam":
             self.inner_v.copy_(torch.cat([v[k].mean(0).flatten() for k in W]))
             self.inner_t += hp.inner_steps
@@ -122,4 +120,4 @@ class Reptile(GradientLearner):
 
     def predict(self, episode: Episode) -> Tensor:
         hp = self.hparams
-        return self.adapt_each(episode, hp.eval_inner_steps, hp.eval_inner_batch, seed=0)[2]
+        return self.adapt_each(episode, hp.eval_inner_steps, hp.eval_inner_batch)[2]

@@ -10,7 +10,6 @@ episodes (``0 .. n-1`` of their split) are the same for every run and every algo
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 
 import torch
@@ -19,13 +18,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_meta.data.augment import is_batched
 from lightning_meta.data.store import ClassStore, DataError
-from lightning_meta.episode import Episode
-
-
-def episode_seed(seed: int, split: str, index: int) -> int:
-    """A well-mixed 63-bit seed for one episode, identical on every machine and Python version."""
-    digest = hashlib.blake2b(f"{seed}/{split}/{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+from lightning_meta.episode import Episode, episode_seed
 
 
 class EpisodeSampler(Dataset[Episode]):
@@ -70,9 +63,13 @@ class EpisodeSampler(Dataset[Episode]):
         elif n_way > store.num_classes:
             raise DataError(f"{split}: n_way = {n_way} but the split has only {store.num_classes} classes; lower n_way")
 
+    def key(self, index: int) -> int:
+        """The seed episode ``index`` is drawn from; its tasks carry it as ``Episode.keys``."""
+        return episode_seed(self.seed, self.split, index)
+
     def indices(self, index: int) -> tuple[Tensor, Tensor]:
         """The classes [N] and, per class, the items [N, K+Q] of episode ``index``."""
-        g = torch.Generator().manual_seed(episode_seed(self.seed, self.split, index))
+        g = torch.Generator().manual_seed(self.key(index))
         if self.group_members is None:
             classes = torch.randperm(self.store.num_classes, generator=g)[: self.n_way]
         else:
@@ -104,6 +101,7 @@ class EpisodeSampler(Dataset[Episode]):
             query=x[:, k:].reshape(1, n * q, *x.shape[2:]),
             query_labels=labels.repeat_interleave(q)[None],
             n_way=n,
+            keys=torch.tensor([self.key(index)]),
         )
 
 

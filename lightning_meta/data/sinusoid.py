@@ -12,9 +12,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_meta.data.datamodule import EpisodicDataModule
-from lightning_meta.data.sampler import episode_seed
 from lightning_meta.data.store import DataError
-from lightning_meta.episode import Episode
+from lightning_meta.episode import Episode, episode_seed
 
 
 class SinusoidTasks(Dataset[Episode]):
@@ -39,7 +38,8 @@ class SinusoidTasks(Dataset[Episode]):
         self.amplitude, self.phase, self.x_range = amplitude, phase, x_range
 
     def __getitem__(self, index: int) -> Episode:
-        g = torch.Generator().manual_seed(episode_seed(self.seed, self.split, index))
+        key = episode_seed(self.seed, self.split, index)
+        g = torch.Generator().manual_seed(key)
 
         def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
             return low + (high - low) * torch.rand(shape, generator=g)
@@ -49,7 +49,7 @@ class SinusoidTasks(Dataset[Episode]):
         y = A * torch.sin(x - phi)
         K = self.k_shot
         return Episode(support=x[None, :K], support_labels=y[None, :K], query=x[None, K:], query_labels=y[None, K:],
-                       n_way=0)
+                       n_way=0, keys=torch.tensor([key]))
 
 
 class SinusoidDataModule(EpisodicDataModule):

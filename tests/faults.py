@@ -1,6 +1,8 @@
-"""Callbacks that stage faults in train.py subprocesses (``--trainer.callbacks+=faults.X``, with tests/ on the path)."""
+"""Callbacks for train.py subprocesses in tests (``--trainer.callbacks+=faults.X``, with tests/ on the path): ones that
+stage faults, and one that records what each rank trains on."""
 
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -30,3 +32,15 @@ class PoisonWeights(pl.Callback):
             with torch.no_grad():
                 for parameter in pl_module.parameters():
                     parameter[(0,) * parameter.dim()] = float("nan")
+
+
+class RecordEpisodes(pl.Callback):
+    """Appends ``step key key ...`` (the keys of the tasks of every training batch) to ``folder/rank<r>.txt``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"rank{trainer.global_rank}.txt", "a") as file:
+            file.write(" ".join(map(str, [trainer.global_step, *batch.keys.tolist()])) + "\n")

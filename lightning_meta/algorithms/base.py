@@ -8,6 +8,7 @@ the method does). Classification episodes are scored by accuracy in percent (``a
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
@@ -20,6 +21,9 @@ from lightning_meta.errors import ConfigError, TrainingError
 from lightning_meta.metrics import EpisodeMean, episode_accuracy, episode_mse
 
 ALGORITHMS: dict[str, type[MetaLearner]] = {}
+
+# Under DDP Lightning recommends sync_dist for metrics logged per epoch; ours are reduced over the ranks already.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
 
 
 def register(cls: type[MetaLearner]) -> type[MetaLearner]:
@@ -124,6 +128,11 @@ class MetaLearner(pl.LightningModule, ABC):
                                 f"training stopped before the weights took it in, and last.ckpt keeps the last good "
                                 f"ones: resume with --ckpt_path last and a lower model.lr, or clip gradients "
                                 f"(trainer.gradient_clip_val)")
+
+    def mean_over_ranks(self, x: Tensor) -> Tensor:
+        """The mean of ``x`` over the processes of a distributed run (``x`` itself in one process), for state
+        that is not a gradient, which DDP averages by itself."""
+        return x if self._trainer is None else self.trainer.strategy.reduce(x, reduce_op="mean")
 
     def evaluate(self, episode: Episode) -> Tensor:
         """Query predictions in validation and test; ``predict`` unless the algorithm evaluates differently."""

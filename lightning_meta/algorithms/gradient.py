@@ -123,3 +123,13 @@ class GradientLearner(MetaLearner):
         """L(f_params(x), y): the loss the inner steps descend."""
         return self.loss(self.f(params, x), y)
 
+    def inner_grad(self, params: Params, x: Tensor, y: Tensor) -> Params:
+        """∇_params L(f_params(x), y), itself differentiable in ``params``. Under float16 autocast
+        (``trainer.precision: 16-mixed``) it is computed in float32: the backward pass of a loss on a few support
+        examples, unscaled, would underflow in float16, and the outer loss scaling never reaches it. bfloat16
+        has float32's range, so under ``bf16-mixed`` it runs in bfloat16 like the rest."""
+        device = x.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16:
+            with torch.autocast(device, enabled=False):
+                return torch.func.grad(self.batch_loss)(params, x.float(), y)
+        return torch.func.grad(self.batch_loss)(params, x, y)

@@ -81,7 +81,7 @@ class MAML(GradientLearner):
         """θ' after ``steps`` steps θ ← θ − α ∇_θ L^support(f_θ) on one task."""
         for _ in range(steps):
             at = {k: p.detach() for k, p in theta.items()} if first_order else theta
-            grads = torch.func.grad(self.batch_loss)(at, support, support_labels)  # differentiable in θ
+            grads = self.inner_grad(at, support, support_labels)  # differentiable in θ
             theta = {k: p - alpha * grads[k] for k, p in theta.items()}
         return theta
 

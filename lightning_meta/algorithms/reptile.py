@@ -87,7 +87,7 @@ class Reptile(GradientLearner):
         hp = self.hparams
         W = theta
         for t, i in enumerate(batches, start=int(self.inner_t) + 1):
-            g = torch.func.grad(self.batch_loss)(W, x[i], y[i])
+            g = self.inner_grad(W, x[i], y[i])
             if hp.inner_optimizer == "sgd":
                 W = {k: p - hp.inner_lr * g[k] for k, p in W.items()}
             else:  # Adam with β1 = 0 (so no first moment), β2 = 0.999: the paper's code
@@ -111,8 +111,8 @@ class Reptile(GradientLearner):
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         hp = self.hparams
         W, v, outputs = self.adapt_each(episode, hp.inner_steps, hp.inner_batch)
-        if hp.inner_optimizer == "adam":
-            self.inner_v.copy_(torch.cat([v[k].mean(0).flatten() for k in W]))
+        if hp.inner_optimizer == "adam":  # the mean moment over the tasks of all ranks
+            self.inner_v.copy_(self.mean_over_ranks(torch.cat([v[k].mean(0).flatten() for k in W])))
             self.inner_t += hp.inner_steps
         theta = self.meta_parameters()
         loss = sum(0.5 * (p - W[k].mean(0)).pow(2).sum() for k, p in theta.items())  # ∇_θ = θ − mean_τ W_τ

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import re
 import shlex
@@ -74,10 +75,12 @@ def this_command() -> str:
 def train_py(*args: str, log: Path) -> str:
     """Runs train.py, teeing its output to ``log``; returns stdout."""
     command = [sys.executable, str(ROOT / "train.py"), *args]
+    benchmarks = str(ROOT / "benchmarks")  # its callbacks (timing.StepTimer) can be named in the arguments
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [benchmarks, os.environ.get("PYTHONPATH")]))}
     with log.open("a") as out:
         out.write(f"$ {command_line(command[1:])}\n")
         out.flush()
-        result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=out, text=True)
+        result = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=out, text=True)
         out.write(result.stdout)
     if result.returncode != 0:
         raise SystemExit(f"train.py failed, see {log}")
@@ -267,6 +270,26 @@ def render(records: list[dict]) -> str:
             lines.append(f"| {r['algorithm']} | {r['config']} | {default:.3f} | {kept:.3f} | "
                          f"**{kept / default:.2f}x** | {r['hardware']} | {r['date']} |")
         lines += commands(allocator)
+    scaling = [r for r in records if r["kind"] == "ddp_bf16"]
+    if scaling:
+        lines += ["## Distributed training and bfloat16", "",
+                  "Training steps per second of each Omniglot 5-way 1-shot config with the same meta-batch of 2T tasks",
+                  "per step (T: the config's tasks per step): in one process; split over 2 DDP processes (gloo) of",
+                  "T tasks each, its time per step relative to one process's; in one process under",
+                  "`trainer.precision: bf16-mixed`, its speed relative to fp32. Both one-process runs are then tested",
+                  "on the same episodes (same seed, same short training), accuracy ± 95% CI.", "",
+                  "| algorithm | meta-batch | fp32, 1 process | DDP, 2 processes | DDP time / 1 process | bf16-mixed | "
+                  "bf16 speed / fp32 | test acc fp32 | test acc bf16 | trained | hardware | date |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in scaling:
+            one, ddp, bf16 = (r["rates"][k] for k in ("1 process, fp32", "DDP, 2 processes, fp32",
+                                                      "1 process, bf16-mixed"))
+            fp32_acc, bf16_acc = r["accuracy"]["1 process, fp32"], r["accuracy"]["1 process, bf16-mixed"]
+            lines.append(f"| {r['algorithm']} | {r['meta_batch']} | {one:.3f} | {ddp:.3f} | **{one / ddp:.2f}x** | "
+                         f"{bf16:.3f} | **{bf16 / one:.2f}x** | {fp32_acc[0]:.2f} ± {fp32_acc[1]:.2f} | "
+                         f"{bf16_acc[0]:.2f} ± {bf16_acc[1]:.2f} | {r['warmup'] + r['steps']} steps, "
+                         f"{r['test_episodes']} test episodes | {r['hardware']} | {r['date']} |")
+        lines += commands(scaling)
     throughput = [r for r in records if r["kind"] == "throughput"]
     if throughput:
         lines += ["## Throughput", "",

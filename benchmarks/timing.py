@@ -22,6 +22,8 @@ class StepTimer(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         RATES.append((trainer.global_step - self.warmup) / (time.perf_counter() - self.start))
+        if trainer.is_global_zero:  # for runs in a subprocess (DDP)
+            print(f"timed: {RATES[-1]:.6f} training steps per second", flush=True)
 
 
 def timed_run_args(config: str, steps: int, warmup: int, test_episodes: int, log_root: str) -> list[str]:

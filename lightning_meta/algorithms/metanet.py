@@ -68,12 +68,14 @@ class FastWeightNet(nn.Module):
         self.weights["fc2"] = nn.Parameter(nn.Linear(hidden, n_out, bias=False).weight.detach())
 
     def unflatten(self, flat: dict[str, Tensor]) -> Params:
-        """Weights from their groups flattened: per group [B, P] -> {name: [B, *w]}."""
+        """Weights from their groups flattened: per group [B, P] -> {name: [B, *w]}, in the slow weights' dtype (fast
+        weights generated under autocast are bfloat16, and under vmap autocast does not cast the operands of the
+        convolutions that use them: pytorch/pytorch#192617)."""
         out = {}
         for group, names in self.groups.items():
             sizes = [self.weights[k].numel() for k in names]
             for k, v in zip(names, flat[group].split(sizes, dim=-1)):
-                out[k] = v.reshape(*v.shape[:-1], *self.weights[k].shape)
+                out[k] = v.reshape(*v.shape[:-1], *self.weights[k].shape).to(self.weights[k].dtype)
         return out
 
     def features(self, W: Params, x: Tensor, fast: Params | None = None) -> Tensor:  # [B, *x] -> [B, F]
@@ -161,6 +163,9 @@ class MetaNet(MetaLearner):
                               f"{n_way}, {hidden}, {blocks}, {meta_hidden}, {task_steps})")
         self.n_way, self.task_steps = n_way, task_steps
         self.u = FastWeightNet(image_shape, hidden, blocks, n_way)  # embedding, slow weights Q
+        # u's output layer only scores the embedding loss, whose gradients reach d as detached inputs: nothing trains
+        # it, and marking it so lets DDP, which expects a gradient for every trainable parameter, run MetaNet
+        self.u.weights["fc2"].requires_grad_(False)
         self.b = FastWeightNet(image_shape, hidden, blocks, n_way)  # base learner, slow weights W
         self.d = WeightGenerator(meta_hidden, recurrent=True) if task_fast_weights else None  # G: fast weights Q⁺
         self.m = WeightGenerator(meta_hidden, recurrent=False)  # Z: example-level fast weights W*

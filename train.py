@@ -17,6 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
 from jsonargparse import ArgumentError
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -186,6 +187,8 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         for name in metrics:  # the algorithm's other test metrics with an interval (MANN: accuracy by instance)
             if name.startswith(metric + "_") and not name.endswith("_ci95") and name + "_ci95" in metrics:
                 print(f"{name} {metrics[name]:.{digits}f} ± {metrics[name + '_ci95']:.{digits}f}")
+    if torch.distributed.is_initialized():  # left to the interpreter's exit, gloo's threads can abort it
+        torch.distributed.destroy_process_group()
     return metrics
 
 

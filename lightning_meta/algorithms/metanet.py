@@ -19,10 +19,16 @@ and preprocessed coordinate-wise as in the paper's code: (max(log(|g| + ε) / p,
 Each of d and m has one network for the conv weights and one for the fully connected weights, as in that code;
 the layers have no biases and no batch norm, and the keys are u's fc1 outputs before the ReLU.
 
-One change from that code: the output layers of d and m start with N(0, 0.01²) weights and zero biases, so that the
-first fast weights are about as large as the slow ones (a few hundredths). With the default initialisation they
-are of order 1 per coordinate, and five augmented conv layers multiply the activations by hundreds each: the
-first losses are around 1e8.
+Two changes from that code, both to how d and m start:
+
+- Their output layers start with N(0, 0.01²) weights, so that the first fast weights are about as large as the slow
+  ones (a few hundredths). With the default initialisation they are of order 1 per coordinate, and five augmented
+  conv layers multiply the activations by hundreds each: the first losses are around 1e8.
+- Their output biases start at minus their output for a zero gradient, so that a zero gradient gives a zero fast
+  weight. Most coordinates' gradients are tiny and preprocess to about (−1, 0), so otherwise nearly all fast weights
+  of a layer start at one value; where it is negative, ReLU(W* x) of the non-negative inputs is zero everywhere, no
+  gradient reaches the network that made them, and it never learns. With seed 0, m's network for the conv weights
+  got exactly zero gradient through whole training runs (every fast conv weight about −0.007 at the start).
 """
 
 from __future__ import annotations
@@ -105,7 +111,7 @@ class WeightGenerator(nn.Module):
     """A meta-learner: for each parameter group (``conv``, ``fc``) a small network applied to every coordinate's
     preprocessed gradient. ``recurrent``: an LSTM that reads a sequence of gradients (d); else an MLP (m)."""
 
-    def __init__(self, hidden: int, recurrent: bool) -> None:
+    def __init__(self, hidden: int, recurrent: bool, steps: int = 1) -> None:
         super().__init__()
         self.recurrent = recurrent
         if recurrent:
@@ -114,12 +120,15 @@ class WeightGenerator(nn.Module):
         else:
             self.mlps = nn.ModuleDict({g: nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
                                                         nn.ReLU(), nn.Linear(hidden, 1)) for g in GROUPS})
-        for out in self.outputs():  # small fast weights at first (see the module docstring)
+        for group in GROUPS:  # small fast weights at first, zero for a zero gradient (see the module docstring)
+            out = self.output(group)
             nn.init.normal_(out.weight, std=INIT_STD)
             nn.init.zeros_(out.bias)
+            with torch.no_grad():  # the LSTM's output after ``steps`` zero gradients, the MLP's for one
+                out.bias -= self(group, torch.zeros(steps, 1, 1) if recurrent else torch.zeros(1)).flatten()
 
-    def outputs(self) -> list[nn.Linear]:
-        return list(self.heads.values()) if self.recurrent else [mlp[-1] for mlp in self.mlps.values()]
+    def output(self, group: str) -> nn.Linear:
+        return self.heads[group] if self.recurrent else self.mlps[group][-1]
 
     def forward(self, group: str, g: Tensor) -> Tensor:
         """Fast weights from gradients of one group: MLP [..., P] -> [..., P]; LSTM [S, B, P] (S gradients in
@@ -167,7 +176,8 @@ class MetaNet(MetaLearner):
         # it, and marking it so lets DDP, which expects a gradient for every trainable parameter, run MetaNet
         self.u.weights["fc2"].requires_grad_(False)
         self.b = FastWeightNet(image_shape, hidden, blocks, n_way)  # base learner, slow weights W
-        self.d = WeightGenerator(meta_hidden, recurrent=True) if task_fast_weights else None  # G: fast weights Q⁺
+        self.d = (WeightGenerator(meta_hidden, recurrent=True, steps=task_steps)  # G: task-level fast weights Q⁺
+                  if task_fast_weights else None)
         self.m = WeightGenerator(meta_hidden, recurrent=False)  # Z: example-level fast weights W*
 
     def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:

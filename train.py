@@ -27,6 +27,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from lightning_meta import ConfigError, EpisodicDataModule, MetaLearner, TrainingError
 from lightning_meta.checkpoint import AtomicCheckpointIO, LastCheckpoint, read_checkpoint
+from lightning_meta.pictures import TestPictures
 from lightning_meta.runtime import keep_freed_memory
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -74,7 +75,7 @@ class MetaCLI(LightningCLI):
         last = LastCheckpoint(run_dir / "checkpoints", every_n_train_steps=self.config.checkpoint_every)
         configured = trainer.get("logger")
         logger = run if configured in (None, True) else configured
-        callbacks = [*(trainer.get("callbacks") or []), self.checkpoint, last]
+        callbacks = [*(trainer.get("callbacks") or []), self.checkpoint, last, TestPictures()]
         plugins = trainer.get("plugins") or []
         plugins = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
         return super().instantiate_trainer(logger=logger, callbacks=callbacks, default_root_dir=run_dir,

@@ -141,8 +141,10 @@ class MetaLearner(pl.LightningModule, ABC):
     def validation_step(self, episode: Episode, batch_idx: int) -> None:
         self.val_metric.update(self.score(self.evaluate(episode), episode))
 
-    def test_step(self, episode: Episode, batch_idx: int) -> None:
-        self.test_metric.update(self.score(self.evaluate(episode), episode))
+    def test_step(self, episode: Episode, batch_idx: int) -> Tensor:
+        predictions = self.evaluate(episode)
+        self.test_metric.update(self.score(predictions, episode))
+        return predictions  # for callbacks (lightning_meta.pictures)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric("val", self.val_metric)

@@ -99,7 +99,7 @@ class GradientLearner(MetaLearner):
         mini-batches of the support set: Reptile, the LSTM meta-learner)."""
         T, n = episode.support.shape[:2]
         batch = min(batch or n, n)
-        passes = -(-steps * batch // n)
+        passes = max(1, -(-steps * batch // n))
 
         def task(t: int) -> Tensor:
             generator = episode.generator(t, "mini-batches")

@@ -105,6 +105,14 @@ class MAML(GradientLearner):
         return loss, outputs
 
     def predict(self, episode: Episode) -> Tensor:
-        steps, alpha = self.eval_adaptation
-        theta = {k: p.detach() for k, p in self.meta_parameters().items()}  # θ itself is never changed
-        return self.run_tasks(theta, episode, steps, alpha, first_order=True)
+        return self.predict_after(episode, self.eval_steps)
+
+    def predict_after(self, episode: Episode, steps: int) -> Tensor:
+        """Query predictions after ``steps`` inner steps at the evaluation step size (θ itself is never changed)."""
+        theta = {k: p.detach() for k, p in self.meta_parameters().items()}
+        return self.run_tasks(theta, episode, steps, self.eval_adaptation[1], first_order=True)
+
+    @property
+    def eval_steps(self) -> int:
+        """Inner steps when validating and testing."""
+        return self.eval_adaptation[0]

@@ -56,6 +56,13 @@ class MetricLearner(MetaLearner):
         z = self.f_theta(x.flatten(0, 1)).unflatten(0, x.shape[:2])  # [T, NK+NQ, *z]
         return z[:, :NK], z[:, NK:]
 
+    def test_embeddings(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """``embed`` of a one-task episode with batch norm as in evaluation (for TensorBoard's projector)."""
+        if self.hparams.batch_norm == "running":
+            return self.embed(episode)
+        with batch_statistics(self):
+            return self.embed(episode)
+
     def evaluate(self, episode: Episode) -> Tensor:
         if self.hparams.batch_norm == "running":
             return self.predict(episode)

@@ -119,5 +119,13 @@ class Reptile(GradientLearner):
         return loss, outputs
 
     def predict(self, episode: Episode) -> Tensor:
-        hp = self.hparams
-        return self.adapt_each(episode, hp.eval_inner_steps, hp.eval_inner_batch)[2]
+        return self.predict_after(episode, self.eval_steps)
+
+    def predict_after(self, episode: Episode, steps: int) -> Tensor:
+        """Query predictions after the first ``steps`` of the evaluation's inner steps."""
+        return self.adapt_each(episode, steps, self.hparams.eval_inner_batch)[2]
+
+    @property
+    def eval_steps(self) -> int:
+        """Inner steps when validating and testing."""
+        return self.hparams.eval_inner_steps

@@ -23,8 +23,17 @@ import re
 import tempfile
 from pathlib import Path
 
-import yaml
-from results import ROOT, command_line, hardware, parse_test_metrics, record, this_command, today, train_py
+from results import (
+    ROOT,
+    command_line,
+    hardware,
+    parse_test_metrics,
+    record,
+    tasks_per_batch,
+    this_command,
+    today,
+    train_py,
+)
 
 CONFIGS = {  # config: the algorithm's name in RESULTS.md, timed steps (about 15 s of fp32 training on the 2-core VM;
     # bfloat16 takes several times as long on a CPU without native bfloat16 arithmetic)
@@ -38,11 +47,6 @@ RUNS = {
     "DDP, 2 processes, fp32": ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"],
     "1 process, bf16-mixed": ["--trainer.precision", "bf16-mixed"],
 }
-
-
-def tasks_per_batch(config: str) -> int:
-    data = yaml.safe_load((ROOT / "configs" / config).read_text())["data"]["init_args"]
-    return data.get("tasks_per_batch", 1)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""A callback that times training steps, for benchmarks that run train.py in-process."""
+"""Callbacks that time training steps and test episodes, for benchmarks that run train.py (in-process, or as a
+subprocess: they also print their rates)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,49 @@ RATES: list[float] = []  # training steps per second of each timed fit, in order
 
 
 class StepTimer(pl.Callback):
-    """Times the training steps after the first ``warmup`` ones and appends steps per second to ``RATES``."""
+    """Times the training steps after the first ``warmup`` ones, leaving out the time spent validating, and
+    appends steps per second to ``RATES`` (nothing if training ends within the warm-up)."""
 
     def __init__(self, warmup: int = 20) -> None:
         self.warmup = warmup
         self.start: float | None = None
+        self.validating_since: float | None = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args) -> None:
         if trainer.global_step == self.warmup:
             self.start = time.perf_counter()
 
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.validating_since = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.start is not None and not trainer.sanity_checking:
+            self.start += time.perf_counter() - self.validating_since  # the clock stands still while validating
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.start is None:
+            return
         RATES.append((trainer.global_step - self.warmup) / (time.perf_counter() - self.start))
-        if trainer.is_global_zero:  # for runs in a subprocess (DDP)
+        if trainer.is_global_zero:
             print(f"timed: {RATES[-1]:.6f} training steps per second", flush=True)
+
+
+class TestTimer(pl.Callback):
+    """Times the test from its first batch to its end and prints test episodes per second."""
+
+    def __init__(self) -> None:
+        self.start, self.episodes = 0.0, 0
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start, self.episodes = time.perf_counter(), 0
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, *args) -> None:
+        self.episodes += batch.support.shape[0]
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            rate = self.episodes * trainer.world_size / (time.perf_counter() - self.start)
+            print(f"timed: {rate:.6f} test episodes per second", flush=True)
 
 
 def timed_run_args(config: str, steps: int, warmup: int, test_episodes: int, log_root: str) -> list[str]:

@@ -6,7 +6,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from lightning_meta.data import DataError, EpisodeSampler
-from lightning_meta.data.augment import ColorJitter, RandomCrop, RandomHorizontalFlip, is_batched
+from lightning_meta.data.augment import ColorJitter, RandomAffine, RandomCrop, RandomHorizontalFlip, is_batched
 from lightning_meta.data.store import ClassStore
 
 
@@ -80,8 +80,52 @@ def test_color_jitter_rejects_negative_factors() -> None:
         ColorJitter(contrast=(1.5, 0.5))
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_random_affine_equals_torchvision_image_by_image(dtype: torch.dtype, interpolation: str) -> None:
+    torch.manual_seed(1)
+    x = torch.randint(0, 256, (40, 2, 12, 10), dtype=torch.uint8)  # not square: width and height kept apart
+    x = x if dtype == torch.uint8 else x.float() / 255
+    affine = RandomAffine(degrees=30, translate=(0.2, 0.1), scale=(0.7, 1.3), shear=(-20, 20, -10, 15),
+                          interpolation=interpolation, fill=0.25 if dtype == torch.float32 else 7)
+    params = affine.draw(x)
+    out = affine.apply(x, **params)
+    assert out.dtype == dtype and out.shape == x.shape
+    for i, image in enumerate(x):
+        expected = TF.affine(image, angle=float(params["angle"][i]),
+                             translate=[int(params["tx"][i]), int(params["ty"][i])], scale=float(params["scale"][i]),
+                             shear=[float(params["shear_x"][i]), float(params["shear_y"][i])],
+                             interpolation=v2.InterpolationMode(interpolation), fill=affine.fill)
+        if dtype == torch.uint8:  # float32 rounding may move a sampling point across a pixel or half a level
+            assert (out[i].int() - expected.int()).abs().max() <= (1 if interpolation == "bilinear" else 255)
+            assert (out[i] != expected).float().mean() < 0.01
+        else:
+            assert (out[i] - expected).abs().gt(1e-4).float().mean() < 0.01
+    shifts = torch.stack([params["tx"], params["ty"]])
+    assert torch.equal(shifts, shifts.round()) and shifts[0].abs().max() <= 2 and shifts[1].abs().max() <= 1
+    assert params["angle"].abs().max() <= 30 and params["shear_y"].min() >= -10 and params["shear_y"].max() <= 15
+    assert params["scale"].min() >= 0.7 and params["scale"].max() <= 1.3
+    assert len(set(params["angle"].tolist())) == len(x)  # drawn per image
+
+
+def test_random_affine_moves_a_pixel_where_the_matrix_says() -> None:
+    """A hand-worked case: a 90° turn about the centre of a 5x5 image (torchvision's affine turns clockwise for a
+    positive angle) takes the top right pixel to the bottom right; a shift by (-2, 1) takes it 2 left and 1 down."""
+    image = torch.zeros(1, 1, 5, 5, dtype=torch.uint8)
+    image[0, 0, 0, 4] = 200
+    affine = RandomAffine(degrees=0)
+    zero = torch.zeros(1, dtype=torch.float64)
+    turned = affine.apply(image, angle=zero + 90, tx=zero, ty=zero, scale=zero + 1, shear_x=zero, shear_y=zero)
+    assert turned[0, 0].nonzero().tolist() == [[4, 4]] and int(turned[0, 0, 4, 4]) == 200
+    shifted = affine.apply(image, angle=zero, tx=zero - 2, ty=zero + 1, scale=zero + 1, shear_x=zero, shear_y=zero)
+    assert shifted[0, 0].nonzero().tolist() == [[1, 2]]
+    with pytest.raises(DataError, match="RandomAffine"):
+        RandomAffine(degrees=10, shear=(1, 2, 3))
+
+
 def test_batched_transforms_keep_leading_dimensions_and_compose() -> None:
-    composed = v2.Compose([RandomCrop(9, padding=1), RandomHorizontalFlip(), ColorJitter(brightness=0.2)])
+    composed = v2.Compose([RandomCrop(9, padding=1), RandomHorizontalFlip(), ColorJitter(brightness=0.2),
+                           RandomAffine(degrees=10)])
     assert is_batched(composed) and not is_batched(v2.Compose([RandomCrop(9), v2.RandomHorizontalFlip()]))
     x = torch.randint(0, 256, (2, 3, 3, 9, 9), dtype=torch.uint8)
     assert composed(x).shape == x.shape and composed(x).dtype == torch.uint8

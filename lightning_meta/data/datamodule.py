@@ -36,8 +36,8 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
     of them per training step and ``batches_per_epoch`` steps per epoch; they are drawn from ``seed`` and
     never repeat. Validation and test episodes have their own shape (``eval_*``, defaulting to the
     training one) and are fixed: they depend only on ``eval_seed``, so every run is scored on the same ones.
-    ``train_transform`` (a torchvision v2 transform on uint8 image tensors, e.g. ``RandomAffine``, or a
-    ``Compose`` of the batched random crop, flip and colour jitter of ``lightning_meta.data.augment``, which
+    ``train_transform`` (a torchvision v2 transform on uint8 image tensors, or one of the batched random crop,
+    flip, colour jitter and affine transforms of ``lightning_meta.data.augment``, or a ``Compose`` of them, which
     augment all images of an episode in one call) augments each training image, and ``eval_transform`` each
     validation and test image; ``mean`` and ``std`` normalise every image (per channel) once it is a float
     on the device.

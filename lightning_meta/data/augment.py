@@ -3,16 +3,15 @@
 A torchvision v2 transform draws one set of random parameters per call, so an episode's images are augmented
 one at a time: for random crop, flip and colour jitter that is about 0.6 ms an image of Python round trips, a
 third of a ProtoNet training step on CIFAR-FS on two CPU cores, and for the random affine distortions of the
-Siamese network 0.5 ms an image, 40% of its step on Omniglot. The transforms here take images
+Siamese network 0.5 ms an image, a third of its step on Omniglot. The transforms here take images
 [*, C, H, W] (uint8 or float) and draw the parameters of each image independently; given the same parameters,
 each computes what the torchvision transform of the same name computes on one image, including the rounding of
 uint8 images after every colour operation. The episode sampler hands them all the images of an episode at once
-(under the episode's random seed), and they compose with ``torchvision.transforms.v2.Compose``:
+(under the episode's random seed); they serve alone or composed with ``torchvision.transforms.v2.Compose``:
 
     train_transform:
       class_path: lightning_meta.data.augment.RandomAffine
       init_args: {degrees: 10, translate: [0.02, 0.02], scale: [0.8, 1.2], shear: [-16.7, 16.7, -16.7, 16.7]}
-
 
     train_transform:
       class_path: torchvision.transforms.v2.Compose

@@ -74,11 +74,12 @@ def main() -> None:
     sampling, training, commands = {}, {name: [] for name in VARIANTS}, {}
     source = ROOT / "configs" / args.config
     for name, module in VARIANTS.items():
-        config = folder / f"{module.rsplit('.', 1)[1]}.yaml"
-        config.write_text(yaml.safe_dump(config_with(source, module), sort_keys=False))
-        data = data_module(config_with(source, module))
+        config = config_with(source, module)
+        path = folder / f"{module.rsplit('.', 1)[1]}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        data = data_module(config)
         sampling[name] = sampling_rate(data, args.episodes)
-        commands[name] = timing.timed_run_args(str(config), args.steps, args.warmup, 10, str(folder / "logs"))
+        commands[name] = timing.timed_run_args(str(path), args.steps, args.warmup, 10, str(folder / "logs"))
     for _ in range(args.repeats):
         for name in VARIANTS:
             train.main(commands[name])

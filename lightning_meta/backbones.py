@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_meta.errors import ConfigError
@@ -222,6 +223,8 @@ class MetaBatchNorm(nn.Module):
     Unlike ``F.batch_norm``, whose second derivative is wrong under ``torch.func.vmap`` (functorch#534), every
     operation here has exact derivatives of every order, batched or not. With ``reference = n`` the mean and
     variance come from the first ``n`` examples only (the support set), and all examples are normalised with them.
+    With ``first_order = True`` (for learners that never differentiate through their inner steps) it calls
+    ``F.batch_norm`` instead: the same values and first derivatives, from PyTorch's native kernel, which is faster.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
@@ -234,8 +237,12 @@ class MetaBatchNorm(nn.Module):
             self.register_buffer("bias", bias)
         self.eps = eps
         self.reference: int | None = None
+        self.first_order = False
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C, *]
+        native = x.dtype == self.weight.dtype and x.numel() > x.shape[1]  # what F.batch_norm accepts under vmap
+        if self.first_order and self.reference is None and native:
+            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         dims = [0, *range(2, x.dim())]
         ref = x if self.reference is None else x[: self.reference]
         var, mean = torch.var_mean(ref, dims, correction=0, keepdim=True)  # [1, C, 1, ...]

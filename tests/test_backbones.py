@@ -70,12 +70,14 @@ def test_block_matches_functional_formula(training):
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_vmap_functional_call_with_meta_batch_norm():
-    """MAML's path: per-task parameters under torch.func.vmap, against the module run task by task (float64, so
-    that the tolerances are tight)."""
+@pytest.mark.parametrize("first_order", [False, True])
+def test_vmap_functional_call_with_meta_batch_norm(first_order):
+    """MAML's path: per-task parameters under torch.func.vmap, against the module run task by task in plain tensor
+    operations (float64, so that the tolerances are tight). ``first_order``: batched through F.batch_norm."""
     torch.manual_seed(0)
     net = with_meta_batch_norm(build_backbone("resnet12", (3, 16, 16), hidden=8)).double()
-    assert any(isinstance(m, MetaBatchNorm) for m in net.modules())
+    norms = [m for m in net.modules() if isinstance(m, MetaBatchNorm)]
+    assert norms
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     params = {k: torch.stack([v.detach(), v.detach() + 0.1 * torch.randn_like(v)]) for k, v in net.named_parameters()}
     x = torch.randn(2, 4, 3, 16, 16, dtype=torch.float64)  # 2 tasks of 4 images
@@ -86,8 +88,12 @@ def test_vmap_functional_call_with_meta_batch_norm():
     def loss(p, x):
         return f(p, x).pow(2).sum()
 
+    for norm in norms:
+        norm.first_order = first_order
     out = vmap(f)(params, x)
     grads = vmap(torch.func.grad(loss))(params, x)
+    for norm in norms:
+        norm.first_order = False
     assert out.shape == (2, 4, 80)
     for t in range(2):
         task_net = copy.deepcopy(net)

@@ -98,9 +98,10 @@ def test_second_order_meta_gradient_matches_finite_differences(meta_batch):
         assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (numeric, analytic)
 
 
-def test_first_order_gradient_is_the_query_gradient_at_the_adapted_parameters():
+@pytest.mark.parametrize("meta_batch", ["loop", "vmap"])
+def test_first_order_gradient_is_the_query_gradient_at_the_adapted_parameters(meta_batch):
     """Adapted parameters computed independently with torch.autograd.grad on a copy of the network."""
-    model = conv_maml("loop", first_order=True)
+    model = conv_maml(meta_batch, first_order=True)
     episode = classification_episode(T=2, N=3, K=2, Q=2, shape=(1, 16, 16))
     _, grads = meta_gradient(model, episode)
 

@@ -2,7 +2,8 @@
 explicit parameters, its task loss, and how batch norm treats the query set.
 
 Batch norm always normalises with the statistics of the examples at hand, as in the MAML paper; its layers are
-:class:`~lightning_meta.backbones.MetaBatchNorm`, whose derivatives are exact under ``torch.func.vmap``.
+:class:`~lightning_meta.backbones.MetaBatchNorm`, whose derivatives are exact under ``torch.func.vmap``
+(the learners that need first derivatives only switch it to PyTorch's faster kernel: ``first_derivatives_only``).
 ``batch_norm: transductive`` (the papers' default) scores the query set as one batch, so its statistics
 come from the queries; ``batch_norm: support`` normalises every query with the support set's statistics, so
 each query is classified on its own (non-transductive).
@@ -11,7 +12,7 @@ each query is classified on its own (non-transductive).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Literal
 
 import torch
@@ -81,16 +82,28 @@ class GradientLearner(MetaLearner):
         with self.statistics_from(support.shape[0]):
             return self.f(params, torch.cat([support, query]))[support.shape[0]:]
 
-    @contextmanager
-    def statistics_from(self, n: int) -> Iterator[None]:
+    def statistics_from(self, n: int) -> AbstractContextManager[None]:
         """Batch norm statistics from the first ``n`` examples of each batch only."""
+        return self.batch_norm_settings(reference=n)
+
+    def first_derivatives_only(self, first_order: bool = True) -> AbstractContextManager[None]:
+        """Batch norm through PyTorch's native kernel, faster but exact only to first order under vmap: for inner
+        loops that are not differentiated through (Reptile, first-order MAML, evaluation, the LSTM meta-learner)."""
+        return self.batch_norm_settings(first_order=first_order)
+
+    @contextmanager
+    def batch_norm_settings(self, **settings: Any) -> Iterator[None]:
+        """The :class:`MetaBatchNorm` attributes ``settings`` on every batch norm layer while inside."""
+        saved = [{name: getattr(norm, name) for name in settings} for norm in self.norms]
         for norm in self.norms:
-            norm.reference = n
+            for name, value in settings.items():
+                setattr(norm, name, value)
         try:
             yield
         finally:
-            for norm in self.norms:
-                norm.reference = None
+            for norm, values in zip(self.norms, saved):
+                for name, value in values.items():
+                    setattr(norm, name, value)
 
     @staticmethod
     def mini_batches(episode: Episode, steps: int, batch: int | None) -> Tensor:

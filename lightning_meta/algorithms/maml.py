@@ -94,9 +94,10 @@ class MAML(GradientLearner):
     def run_tasks(self, theta: Params, episode: Episode, steps: int, alpha: float, first_order: bool) -> Tensor:
         """f_θ'_τ(query_τ) for every task τ of the meta-batch, [T, NQ, N]."""
         task = partial(self.adapted_outputs, theta, steps=steps, alpha=alpha, first_order=first_order)
-        if self.hparams.meta_batch == "vmap":
-            return torch.func.vmap(task)(episode.support, episode.support_labels, episode.query)
-        return torch.stack([task(*t) for t in zip(episode.support, episode.support_labels, episode.query)])
+        with self.first_derivatives_only(first_order):
+            if self.hparams.meta_batch == "vmap":
+                return torch.func.vmap(task)(episode.support, episode.support_labels, episode.query)
+            return torch.stack([task(*t) for t in zip(episode.support, episode.support_labels, episode.query)])
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         steps, alpha = self.train_adaptation

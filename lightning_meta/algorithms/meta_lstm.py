@@ -122,12 +122,13 @@ class MetaLSTM(GradientLearner):
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         hp = self.hparams
-        theta = self.adapt(episode, hp.inner_steps, hp.inner_batch)
-        outputs = self.query_scores(theta, episode)
+        with self.first_derivatives_only():  # the learner's gradients are inputs, never differentiated
+            theta = self.adapt(episode, hp.inner_steps, hp.inner_batch)
+            outputs = self.query_scores(theta, episode)
         return self.loss(outputs.flatten(0, 1), episode.query_labels.flatten(0, 1)), outputs
 
     def predict(self, episode: Episode) -> Tensor:
         hp = self.hparams
-        with torch.no_grad():
+        with torch.no_grad(), self.first_derivatives_only():
             theta = self.adapt(episode, hp.eval_inner_steps or hp.inner_steps, hp.inner_batch)
             return self.query_scores(theta, episode)

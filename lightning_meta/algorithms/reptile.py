@@ -105,7 +105,7 @@ class Reptile(GradientLearner):
             W, v_task = self.inner_train(theta, v, x, y, task_batches)
             return W, v_task, self.query_outputs(W, x, query)
 
-        with torch.no_grad():
+        with torch.no_grad(), self.first_derivatives_only():
             return torch.func.vmap(task)(episode.support, episode.support_labels, episode.query, batches)
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 
 import timing
-from results import ROOT, hardware, record, this_command, today
+from results import hardware, record, this_command, today
 
 CONFIGS = {  # config: (algorithm, timed steps)
     "proto.yaml": ("protonet", 60), "matching.yaml": ("matching", 100), "relation.yaml": ("relation", 100),
@@ -26,25 +24,10 @@ CONFIGS = {  # config: (algorithm, timed steps)
     "meta_lstm.yaml": ("meta_lstm", 15),
 }  # fmt: skip
 VARIANTS = {"glibc default": "train.keep_freed_memory = lambda: False", "freed memory kept": ""}
-CHILD = """
-import sys
-sys.path[:0] = [{bench!r}, {root!r}]
-import timing, train
-{patch}
-train.main({args!r})
-print("STEPS_PER_SECOND", timing.RATES[-1])
-"""
 
 
 def train_py_args(config: str, steps: int, warmup: int) -> list[str]:
     return timing.timed_run_args(config, steps, warmup, 10, "/tmp/lightning_meta_allocator")
-
-
-def steps_per_second(config: str, steps: int, warmup: int, patch: str) -> float:
-    code = CHILD.format(bench=str(ROOT / "benchmarks"), root=str(ROOT), patch=patch,
-                        args=train_py_args(config, steps, warmup))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return float(out.split("STEPS_PER_SECOND")[-1])
 
 
 def main() -> None:
@@ -58,7 +41,7 @@ def main() -> None:
         rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
         for _ in range(args.repeats):
             for name, patch in VARIANTS.items():
-                rates[name].append(steps_per_second(config, steps, args.warmup, patch))
+                rates[name].append(timing.steps_per_second_in_child(train_py_args(config, steps, args.warmup), patch))
         medians = {name: statistics.median(r) for name, r in rates.items()}
         print(config, {name: f"{rate:.3f} steps/s" for name, rate in medians.items()}, flush=True)
         record({

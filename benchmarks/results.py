@@ -211,6 +211,21 @@ def record(*entries: dict) -> None:
     MARKDOWN.write_text(render(records))
 
 
+def speed_up_section(records: list[dict], title: str, variants: list[str], intro: list[str]) -> list[str]:
+    """A table of training steps per second of each config under two variants, and the second's speed-up."""
+    if not records:
+        return []
+    before, after = variants
+    lines = [f"## {title}", "", *intro, "",
+             f"| algorithm | config | {before} | {after} | speed-up | hardware | date |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in records:
+        old, new = r["rates"][before], r["rates"][after]
+        lines.append(f"| {r['algorithm']} | {r['config']} | {old:.3f} | {new:.3f} | **{new / old:.2f}x** | "
+                     f"{r['hardware']} | {r['date']} |")
+    return lines + commands(records)
+
+
 def render(records: list[dict]) -> str:
     lines = ["# Results", "",
              "Made by the scripts in `benchmarks/` from `benchmarks/results.json`; do not edit by hand.",
@@ -268,18 +283,16 @@ def render(records: list[dict]) -> str:
                          f"{r['test_episodes']} | {r['train_steps']} steps, {r['train_minutes']:.1f} min | "
                          f"{r['hardware']} | {r['date']} |")
         lines += commands(instances)
-    allocator = [r for r in records if r["kind"] == "allocator"]
-    if allocator:
-        lines += ["## Allocator", "",
-                  "Training steps per second of each config with glibc's default allocator and with",
-                  "`keep_freed_memory` (lightning_meta/runtime.py), which train.py applies.", "",
-                  "| algorithm | config | glibc default | freed memory kept | speed-up | hardware | date |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        for r in allocator:
-            default, kept = r["rates"]["glibc default"], r["rates"]["freed memory kept"]
-            lines.append(f"| {r['algorithm']} | {r['config']} | {default:.3f} | {kept:.3f} | "
-                         f"**{kept / default:.2f}x** | {r['hardware']} | {r['date']} |")
-        lines += commands(allocator)
+    lines += speed_up_section(
+        [r for r in records if r["kind"] == "allocator"], "Allocator", ["glibc default", "freed memory kept"],
+        ["Training steps per second of each config with glibc's default allocator and with",
+         "`keep_freed_memory` (lightning_meta/runtime.py), which train.py applies."])
+    lines += speed_up_section(
+        [r for r in records if r["kind"] == "native_batch_norm"], "Batch norm kernel",
+        ["tensor operations", "native kernel"],
+        ["Training steps per second of the learners that do not differentiate through their inner steps, with",
+         "MetaBatchNorm in plain tensor operations (exact to every order under vmap) and through PyTorch's native",
+         "kernel (exact to first order), which they use."])
     scaling = [r for r in records if r["kind"] == "ddp_bf16"]
     if scaling:
         lines += ["## Distributed training and bfloat16", "",

@@ -3,7 +3,10 @@ subprocess: they also print their rates)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 
@@ -64,3 +67,22 @@ def timed_run_args(config: str, steps: int, warmup: int, test_episodes: int, log
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--log_root", log_root, "--checkpoint_every", "100000",
             "--trainer.callbacks+=timing.StepTimer", "--trainer.callbacks.warmup", str(warmup)]
+
+
+CHILD = """
+import sys
+sys.path[:0] = [{bench!r}, {root!r}]
+import timing, train
+{patch}
+train.main({args!r})
+print("STEPS_PER_SECOND", timing.RATES[-1])
+"""
+
+
+def steps_per_second_in_child(args: list[str], patch: str = "") -> float:
+    """Training steps per second of ``python train.py ARGS`` (StepTimer among its callbacks) in a fresh process,
+    after the Python statements ``patch`` (a setting that holds for a whole process, or a switch under test)."""
+    bench = Path(__file__).resolve().parent
+    code = CHILD.format(bench=str(bench), root=str(bench.parent), patch=patch, args=args)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return float(out.split("STEPS_PER_SECOND")[-1])

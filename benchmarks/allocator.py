@@ -11,11 +11,7 @@ Run it on an otherwise idle machine.
 
 from __future__ import annotations
 
-import argparse
-import statistics
-
 import timing
-from results import hardware, record, this_command, today
 
 CONFIGS = {  # config: (algorithm, timed steps)
     "proto.yaml": ("protonet", 60), "matching.yaml": ("matching", 100), "relation.yaml": ("relation", 100),
@@ -25,33 +21,5 @@ CONFIGS = {  # config: (algorithm, timed steps)
 }  # fmt: skip
 VARIANTS = {"glibc default": "train.keep_freed_memory = lambda: False", "freed memory kept": ""}
 
-
-def train_py_args(config: str, steps: int, warmup: int) -> list[str]:
-    return timing.timed_run_args(config, steps, warmup, 10, "/tmp/lightning_meta_allocator")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
-    for config in args.configs:
-        algorithm, steps = CONFIGS[config]
-        rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
-        for _ in range(args.repeats):
-            for name, patch in VARIANTS.items():
-                rates[name].append(timing.steps_per_second_in_child(train_py_args(config, steps, args.warmup), patch))
-        medians = {name: statistics.median(r) for name, r in rates.items()}
-        print(config, {name: f"{rate:.3f} steps/s" for name, rate in medians.items()}, flush=True)
-        record({
-            "kind": "allocator", "algorithm": algorithm, "dataset": "omniglot", "split": "vinyals", "ways": 5,
-            "shots": 1, "config": config, "rates": medians, "hardware": hardware(), "date": today(),
-            "command": this_command(),
-            "note": f"Medians of {args.repeats} alternating processes of {steps} timed steps each (after "
-                    f"{args.warmup}), through `python train.py {' '.join(train_py_args(config, steps, args.warmup))}`.",
-        })  # fmt: skip
-
-
 if __name__ == "__main__":
-    main()
+    timing.compare_variants(__doc__, "allocator", CONFIGS, VARIANTS, "/tmp/lightning_meta_allocator", repeats=2)

@@ -3,12 +3,15 @@ subprocess: they also print their rates)."""
 
 from __future__ import annotations
 
+import argparse
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+from results import hardware, record, this_command, today
 
 RATES: list[float] = []  # training steps per second of each timed fit, in order
 
@@ -86,3 +89,30 @@ def steps_per_second_in_child(args: list[str], patch: str = "") -> float:
     code = CHILD.format(bench=str(bench), root=str(bench.parent), patch=patch, args=args)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return float(out.split("STEPS_PER_SECOND")[-1])
+
+
+def compare_variants(description: str, kind: str, configs: dict[str, tuple[str, int]], variants: dict[str, str],
+                     log_root: str, repeats: int) -> None:
+    """The command line of a benchmark that times the training steps of configs (name: (algorithm, timed steps))
+    under variants (name: Python statements run before train.py, each measurement in a process of its own). The
+    variants alternate ``--repeats`` times per config; their medians are recorded as ``kind``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(configs), choices=list(configs))
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    args = parser.parse_args()
+    for config in args.configs:
+        algorithm, steps = configs[config]
+        run = timed_run_args(config, steps, args.warmup, 10, log_root)
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.repeats):
+            for name, patch in variants.items():
+                rates[name].append(steps_per_second_in_child(run, patch))
+        medians = {name: statistics.median(r) for name, r in rates.items()}
+        print(config, {name: f"{rate:.3f} steps/s" for name, rate in medians.items()}, flush=True)
+        record({
+            "kind": kind, "algorithm": algorithm, "dataset": "omniglot", "split": "vinyals", "ways": 5, "shots": 1,
+            "config": config, "rates": medians, "hardware": hardware(), "date": today(), "command": this_command(),
+            "note": f"Medians of {args.repeats} alternating processes of {steps} timed steps each (after "
+                    f"{args.warmup}), through `python train.py {' '.join(run)}`.",
+        })  # fmt: skip

@@ -8,10 +8,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
-from results import hardware, record, this_command, today
+from results import ROOT, hardware, record, this_command, today
 
 RATES: list[float] = []  # training steps per second of each timed fit, in order
 
@@ -85,8 +84,7 @@ print("STEPS_PER_SECOND", timing.RATES[-1])
 def steps_per_second_in_child(args: list[str], patch: str = "") -> float:
     """Training steps per second of ``python train.py ARGS`` (StepTimer among its callbacks) in a fresh process,
     after the Python statements ``patch`` (a setting that holds for a whole process, or a switch under test)."""
-    bench = Path(__file__).resolve().parent
-    code = CHILD.format(bench=str(bench), root=str(bench.parent), patch=patch, args=args)
+    code = CHILD.format(bench=str(ROOT / "benchmarks"), root=str(ROOT), patch=patch, args=args)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return float(out.split("STEPS_PER_SECOND")[-1])
 

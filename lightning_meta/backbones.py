@@ -240,14 +240,18 @@ class MetaBatchNorm(nn.Module):
         self.first_order = False
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C, *]
-        native = x.dtype == self.weight.dtype and x.numel() > x.shape[1]  # what F.batch_norm accepts under vmap
-        if self.first_order and self.reference is None and native:
+        if self.first_order and self.reference is None and self.native_kernel_accepts(x):
             return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         dims = [0, *range(2, x.dim())]
         ref = x if self.reference is None else x[: self.reference]
         var, mean = torch.var_mean(ref, dims, correction=0, keepdim=True)  # [1, C, 1, ...]
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+
+    def native_kernel_accepts(self, x: Tensor) -> bool:
+        """Whether F.batch_norm runs on x under vmap: the same dtype as the weights, and more than one value a
+        channel."""
+        return x.dtype == self.weight.dtype and x.numel() > x.shape[1]
 
 
 def with_meta_batch_norm(net: nn.Module) -> nn.Module:

@@ -25,6 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 OTHER = os.environ.get("LIGHTNING_META_RESULTS")  # a folder for results.json and RESULTS.md (the tests' smoke runs)
 JSON = Path(OTHER, "results.json") if OTHER else ROOT / "benchmarks" / "results.json"
 MARKDOWN = Path(OTHER, "RESULTS.md") if OTHER else ROOT / "RESULTS.md"
+README = Path(OTHER, "README.md") if OTHER else ROOT / "README.md"  # its results section shows the Omniglot table
+README_TABLE = ("<!-- the Omniglot table: written by benchmarks/results.py from results.json -->",
+                "<!-- end of the Omniglot table -->")
+TABLE_SHAPES = ("5w1s", "5w5s", "20w1s", "20w5s")  # the Omniglot table's columns
 IDENTITY = ("kind", "algorithm", "dataset", "split", "ways", "shots", "within_alphabet", "inner_steps")
 
 PAPER = {  # published test accuracy (%) by (algorithm, dataset, ways, shots); algorithms.md
@@ -201,7 +205,7 @@ def parse_dataset(out: str) -> list[str]:
 
 
 def record(*entries: dict) -> None:
-    """Adds (or replaces) records and rewrites RESULTS.md."""
+    """Adds (or replaces) records and rewrites RESULTS.md and the README's copy of the Omniglot table."""
     records = json.loads(JSON.read_text()) if JSON.exists() else []
     for entry in entries:
         records = [r for r in records if tuple(r.get(k) for k in IDENTITY) != tuple(entry.get(k) for k in IDENTITY)]
@@ -209,6 +213,8 @@ def record(*entries: dict) -> None:
     records.sort(key=lambda r: tuple(str(r.get(k)) for k in IDENTITY))
     JSON.write_text(json.dumps(records, indent=1) + "\n")
     MARKDOWN.write_text(render(records))
+    if README.exists():
+        README.write_text(with_readme_table(README.read_text(), [r for r in records if r["kind"] == "table"]))
 
 
 def speed_up_section(records: list[dict], title: str, variants: list[str], intro: list[str]) -> list[str]:
@@ -330,7 +336,7 @@ def render(records: list[dict]) -> str:
 
 def table_section(table: list[dict]) -> list[str]:
     """The Omniglot table of ``benchmarks/table.py``: one row per algorithm, and its throughput at 5-way 1-shot."""
-    shapes = ("5w1s", "5w5s", "20w1s", "20w5s")
+    shapes = TABLE_SHAPES
     lines = ["## Omniglot table", "",
              "Every algorithm trained within the stated budget per config (`benchmarks/table.py`), tested on the same",
              f"{table[0]['test_episodes']} test episodes of each shape (Omniglot vinyals split); mean ± 95% CI, the "
@@ -357,6 +363,28 @@ def table_section(table: list[dict]) -> list[str]:
         lines.append(f"- {r['algorithm']}: `{r['command']}`; trained by "
                      + "; ".join(f"`{t['command']}`" for t in r["trainings"]))
     return lines + [""]
+
+
+def with_readme_table(readme: str, table: list[dict]) -> str:
+    """``readme`` with the block between the ``README_TABLE`` markers replaced by the Omniglot table: the cells and
+    the command that reproduces each row (RESULTS.md has the rest: steps, minutes, the train.py commands)."""
+    begin, end = README_TABLE
+    if readme.count(begin) != 1 or readme.count(end) != 1:
+        raise SystemExit(f"{README} needs one line {begin!r} and one {end!r} around its Omniglot table")
+    head, rest = readme.split(begin)
+    tail = rest.split(end)[1]
+    lines = ["| algorithm | " + " | ".join(TABLE_SHAPES) + " | budget | reproduce |",
+             "| --- | " + " | ".join("---" for _ in TABLE_SHAPES) + " | --- | --- |"]
+    for r in table:
+        cells = [f"{r['cells'][s][0]:.2f} ± {r['cells'][s][1]:.2f}" if s in r["cells"] else "–"
+                 for s in TABLE_SHAPES]
+        lines.append(f"| {r['algorithm']} | " + " | ".join(cells) + f" | {r['budget']} | `{r['command']}` |")
+    dates = sorted({r["date"] for r in table})
+    hardware = sorted({r["hardware"] for r in table})
+    lines += ["", f"Omniglot vinyals split, {table[0]['test_episodes'] if table else 0} test episodes per cell, mean ± "
+              f"95% CI (%); {'; '.join(hardware) or '–'}; {', '.join(dates) or '–'}. The papers' numbers, "
+              "training steps and minutes: RESULTS.md."]
+    return "\n".join([head + begin, "", *lines, "", end]) + tail
 
 
 def commands(records: list[dict]) -> list[str]:

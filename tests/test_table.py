@@ -9,9 +9,14 @@ import sys
 import yaml
 from test_cli import ROOT
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from results import README_TABLE  # noqa: E402
+
 
 def test_the_table_is_trained_tested_and_written(tmp_path):
     env = {**os.environ, "LIGHTNING_META_RESULTS": str(tmp_path)}
+    begin, end = README_TABLE
+    (tmp_path / "README.md").write_text(f"# Intro\n\n{begin}\n| stale | row |\n{end}\n\n## After\n")
     command = [sys.executable, str(ROOT / "benchmarks" / "table.py"), "--algorithms", "protonet", "mann", "--minutes",
                "0.1", "--test_episodes", "10", "--warmup", "1", "--data", "SyntheticDataModule",
                "--log_root", str(tmp_path / "logs")]
@@ -41,3 +46,12 @@ def test_the_table_is_trained_tested_and_written(tmp_path):
     assert "- protonet: `python benchmarks/table.py --algorithms protonet mann --minutes 0.1" in table
     log = (tmp_path / "logs" / "protonet.log").read_text()
     assert log.count("$ python train.py") == 4  # 2 trainings (each tested on its own shape), 2 more tests
+    readme = (tmp_path / "README.md").read_text()  # the README's copy: the same cells, the rest kept
+    assert readme.startswith(f"# Intro\n\n{begin}\n") and readme.endswith(f"{end}\n\n## After\n")
+    assert "stale" not in readme
+    for name, record in records.items():
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {name} |"))
+        cells = [f"{record['cells'][s][0]:.2f} ± {record['cells'][s][1]:.2f}" if s in record["cells"] else "–"
+                 for s in ("5w1s", "5w5s", "20w1s", "20w5s")]
+        assert row.split(" | ")[1:5] == cells
+        assert "`python benchmarks/table.py --algorithms protonet mann --minutes 0.1" in row

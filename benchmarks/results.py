@@ -376,17 +376,18 @@ def with_readme_table(readme: str, table: list[dict]) -> str:
         raise SystemExit(f"{README} needs one line {begin!r} and one {end!r} around its Omniglot table")
     head, rest = readme.split(begin)
     tail = rest.split(end)[1]
-    lines = ["| algorithm | " + " | ".join(TABLE_SHAPES) + " | budget | reproduce |",
-             "| --- | " + " | ".join("---" for _ in TABLE_SHAPES) + " | --- | --- |"]
+    lines = ["| algorithm | " + " | ".join(TABLE_SHAPES) + " | budget | CPU | reproduce |",
+             "| --- | " + " | ".join("---" for _ in TABLE_SHAPES) + " | --- | --- | --- |"]
     for r in table:
         cells = [f"{r['cells'][s][0]:.2f} ± {r['cells'][s][1]:.2f}" if s in r["cells"] else "–"
                  for s in TABLE_SHAPES]
-        lines.append(f"| {r['algorithm']} | " + " | ".join(cells) + f" | {r['budget']} | `{r['command']}` |")
+        cpu = r["hardware"].split(", ")[0]
+        lines.append(f"| {r['algorithm']} | " + " | ".join(cells) + f" | {r['budget']} | {cpu} | `{r['command']}` |")
     dates = sorted({r["date"] for r in table})
-    hardware = sorted({r["hardware"] for r in table})
+    setups = sorted({r["hardware"].partition(", ")[2] for r in table})  # threads, torch and Python
     lines += ["", f"Omniglot vinyals split, {table[0]['test_episodes'] if table else 0} test episodes per cell, mean ± "
-              f"95% CI (%); {'; '.join(hardware) or '–'}; {', '.join(dates) or '–'}. The papers' numbers, "
-              "training steps and minutes: RESULTS.md."]
+              f"95% CI (%); {'; '.join(setups) or '–'}; {', '.join(dates) or '–'}. The papers' numbers, training "
+              "steps and minutes: RESULTS.md."]
     return "\n".join([head + begin, "", *lines, "", end]) + tail
 
 

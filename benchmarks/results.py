@@ -339,16 +339,15 @@ def render(records: list[dict]) -> str:
 
 def table_section(table: list[dict]) -> list[str]:
     """The Omniglot table of ``benchmarks/table.py``: one row per algorithm, and its throughput at 5-way 1-shot."""
-    shapes = TABLE_SHAPES
     lines = ["## Omniglot table", "",
              "Every algorithm trained within the stated budget per config (`benchmarks/table.py`), tested on the same",
              f"{table[0]['test_episodes']} test episodes of each shape (Omniglot vinyals split); mean ± 95% CI, the "
              "paper's number in brackets.", "",
-             "| algorithm | " + " | ".join(shapes) + " | trained | budget | hardware | date |",
-             "| --- | " + " | ".join("---" for _ in shapes) + " | --- | --- | --- | --- |"]
+             "| algorithm | " + " | ".join(TABLE_SHAPES) + " | trained | budget | hardware | date |",
+             "| --- | " + " | ".join("---" for _ in TABLE_SHAPES) + " | --- | --- | --- | --- |"]
     for r in table:
         cells = []
-        for shape in shapes:
+        for shape in TABLE_SHAPES:
             paper = f" ({r['paper'][shape]})" if r["paper"].get(shape) else ""
             cells.append(f"**{r['cells'][shape][0]:.2f} ± {r['cells'][shape][1]:.2f}**{paper}"
                          if shape in r["cells"] else "–")

@@ -28,7 +28,7 @@ MARKDOWN = Path(OTHER, "RESULTS.md") if OTHER else ROOT / "RESULTS.md"
 README = Path(OTHER, "README.md") if OTHER else ROOT / "README.md"  # its results section shows the Omniglot table
 README_TABLE = ("<!-- the Omniglot table: written by benchmarks/results.py from results.json -->",
                 "<!-- end of the Omniglot table -->")
-TABLE_SHAPES = ("5w1s", "5w5s", "20w1s", "20w5s")  # the Omniglot table's columns
+TABLE_SHAPES = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}  # the Omniglot table's columns
 IDENTITY = ("kind", "algorithm", "dataset", "split", "ways", "shots", "within_alphabet", "inner_steps")
 
 PAPER = {  # published test accuracy (%) by (algorithm, dataset, ways, shots); algorithms.md
@@ -337,20 +337,30 @@ def render(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def table_header(*columns: str) -> list[str]:
+    """The header lines of an Omniglot table: algorithm, the shapes, then ``columns``."""
+    names = ["algorithm", *TABLE_SHAPES, *columns]
+    return ["| " + " | ".join(names) + " |", "| " + " | ".join("---" for _ in names) + " |"]
+
+
+def table_cell(record: dict, shape: str) -> str:
+    """A table record's accuracy at ``shape``: mean ± 95% CI."""
+    mean, ci95 = record["cells"][shape]
+    return f"{mean:.2f} ± {ci95:.2f}"
+
+
 def table_section(table: list[dict]) -> list[str]:
     """The Omniglot table of ``benchmarks/table.py``: one row per algorithm, and its throughput at 5-way 1-shot."""
     lines = ["## Omniglot table", "",
              "Every algorithm trained within the stated budget per config (`benchmarks/table.py`), tested on the same",
              f"{table[0]['test_episodes']} test episodes of each shape (Omniglot vinyals split); mean ± 95% CI, the "
              "paper's number in brackets.", "",
-             "| algorithm | " + " | ".join(TABLE_SHAPES) + " | trained | budget | hardware | date |",
-             "| --- | " + " | ".join("---" for _ in TABLE_SHAPES) + " | --- | --- | --- | --- |"]
+             *table_header("trained", "budget", "hardware", "date")]
     for r in table:
         cells = []
         for shape in TABLE_SHAPES:
             paper = f" ({r['paper'][shape]})" if r["paper"].get(shape) else ""
-            cells.append(f"**{r['cells'][shape][0]:.2f} ± {r['cells'][shape][1]:.2f}**{paper}"
-                         if shape in r["cells"] else "–")
+            cells.append(f"**{table_cell(r, shape)}**{paper}" if shape in r["cells"] else "–")
         name = f"[{r['algorithm']}](#accuracy-by-instance)" if r["algorithm"] == "mann" else r["algorithm"]
         trained = "; ".join(f"{t['config']}: {t['steps']} steps, {t['minutes']:.1f} min" for t in r["trainings"])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {trained} | {r['budget']} | {r['hardware']} | "
@@ -375,11 +385,9 @@ def with_readme_table(readme: str, table: list[dict]) -> str:
         raise SystemExit(f"{README} needs one line {begin!r} and one {end!r} around its Omniglot table")
     head, rest = readme.split(begin)
     tail = rest.split(end)[1]
-    lines = ["| algorithm | " + " | ".join(TABLE_SHAPES) + " | budget | CPU | reproduce |",
-             "| --- | " + " | ".join("---" for _ in TABLE_SHAPES) + " | --- | --- | --- |"]
+    lines = table_header("budget", "CPU", "reproduce")
     for r in table:
-        cells = [f"{r['cells'][s][0]:.2f} ± {r['cells'][s][1]:.2f}" if s in r["cells"] else "–"
-                 for s in TABLE_SHAPES]
+        cells = [table_cell(r, shape) if shape in r["cells"] else "–" for shape in TABLE_SHAPES]
         cpu = r["hardware"].split(", ")[0]
         lines.append(f"| {r['algorithm']} | " + " | ".join(cells) + f" | {r['budget']} | {cpu} | `{r['command']}` |")
     dates = sorted({r["date"] for r in table})

@@ -25,6 +25,7 @@ import torch
 from results import (
     PAPER,
     ROOT,
+    TABLE_SHAPES,
     command_line,
     hardware,
     parse_test_metrics,
@@ -35,7 +36,6 @@ from results import (
     train_py,
 )
 
-SHAPES = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 PLAN = {  # algorithm: the configs it is trained with, and the shapes each trained model is tested on
     "protonet": [("proto.yaml", ["5w1s", "20w1s"]), ("proto_5shot.yaml", ["5w5s", "20w5s"])],
     "matching": [("matching.yaml", ["5w1s", "20w1s"]), ("matching_5shot.yaml", ["5w5s", "20w5s"])],
@@ -114,7 +114,7 @@ def main() -> None:
                     if tested_shape(out) != shape:
                         raise SystemExit(f"{config} tested {tested_shape(out)} after training, not {shape}; fix PLAN")
                 else:
-                    ways, shots = SHAPES[shape]
+                    ways, shots = TABLE_SHAPES[shape]
                     out = train_py("--config", config, *data, "--ckpt_path", str(trained["checkpoint"]),
                                    "--test_only", "true", "--data.eval_n_way", str(ways), "--data.eval_k_shot",
                                    str(shots), "--data.test_episodes", str(args.test_episodes),
@@ -129,7 +129,7 @@ def main() -> None:
         record({
             "kind": "table", "algorithm": algorithm, "dataset": args.data or "omniglot", "split": "vinyals",
             "ways": None, "shots": None, "within_alphabet": False, "cells": cells,
-            "paper": {shape: PAPER.get((algorithm, "omniglot", *SHAPES[shape])) for shape in SHAPES},
+            "paper": {shape: PAPER.get((algorithm, "omniglot", *TABLE_SHAPES[shape])) for shape in TABLE_SHAPES},
             "trainings": trainings, "throughput": throughput, "test_episodes": args.test_episodes,
             "budget": "papers' training lengths" if args.full else f"{args.minutes:g} min per config",
             "hardware": hardware(), "date": today(), "command": this_command(),

@@ -8,6 +8,10 @@ config, then test the best checkpoint on 1,000 fixed test episodes of each reque
     python benchmarks/accuracy.py --config siamese_lake.yaml --shapes 20w1s   # lake split, within alphabet
     python benchmarks/accuracy.py --config proto_cifar_fs.yaml --shapes 5w1s 5w5s  # CIFAR-FS
     python benchmarks/accuracy.py --run lightning_logs/benchmarks/maml/version_0 --eval_inner_steps 10
+    python benchmarks/accuracy.py --config metanet.yaml --shapes 5w1s --trainer.precision bf16-mixed
+
+Other arguments (``--trainer.*``, ``--model.*``, ``--data.*``) go to train.py with the config, for training and
+testing.
 
 Run it on an otherwise idle machine. The training command and each test command are recorded with the
 figures (RESULTS.md, benchmarks/results.json).
@@ -34,8 +38,12 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="test this earlier benchmark run folder instead of training")
     parser.add_argument("--eval_inner_steps", type=int, nargs="+", default=[None],
                         help="inner steps at test time (MAML, Reptile; default: the config's)")
-    args = parser.parse_args()
-    run = TrainedRun.load(args.run) if args.run else train_config(args.config, args.log_root)
+    args, overrides = parser.parse_known_args()
+    if overrides and not overrides[0].startswith(("--trainer.", "--model.", "--data.")):
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    if overrides and args.run:
+        parser.error(f"{' '.join(overrides)}: settings for train.py apply when training, not with --run")
+    run = TrainedRun.load(args.run) if args.run else train_config(args.config, args.log_root, overrides)
     data = run.data()
     for shape in args.shapes:
         ways, shots = SHAPES[shape]

@@ -15,7 +15,8 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -119,12 +120,13 @@ class TrainedRun:
     log: Path
     closing_test: dict[str, tuple[float, float]]  # train.py's own test of the best checkpoint, with the config's shape
     dataset: list[str]  # [data set, split] as train.py names them, e.g. ["omniglot", "vinyals"]
+    overrides: list[str] = field(default_factory=list)  # train.py settings given with the config, also when testing
 
     def save(self) -> None:
         """Writes what ``load`` needs into the run folder (``benchmark.json`` beside ``checkpoints/``)."""
         fields = {"config": self.config, "train_args": self.train_args, "minutes": self.minutes, "steps": self.steps,
                   "algorithm": self.algorithm, "best": self.best.name, "log": str(self.log),
-                  "closing_test": self.closing_test, "dataset": self.dataset}
+                  "closing_test": self.closing_test, "dataset": self.dataset, "overrides": self.overrides}
         (self.best.parents[1] / "benchmark.json").write_text(json.dumps(fields, indent=1) + "\n")
 
     @classmethod
@@ -165,8 +167,8 @@ class TrainedRun:
                     f"wall clock, validation and the test included); the figures are its closing test, of the best "
                     f"checkpoint {self.best.name}.")
             return self.closing_test, note
-        test_args = ["--config", self.config, "--ckpt_path", str(self.best), "--test_only", "true", *overrides,
-                     "--trainer.enable_progress_bar", "false"]
+        test_args = ["--config", self.config, *self.overrides, "--ckpt_path", str(self.best), "--test_only", "true",
+                     *overrides, "--trainer.enable_progress_bar", "false"]
         metrics = parse_test_metrics(train_py(*test_args, log=self.log))
         shown = ["BEST" if arg == str(self.best) else arg for arg in test_args]
         note = (f"Trained by `{command_line(['train.py', *self.train_args])}` ({self.minutes:.1f} min wall clock, "
@@ -175,12 +177,12 @@ class TrainedRun:
         return metrics, note
 
 
-def train_config(config: str, log_root: str) -> TrainedRun:
-    """Runs ``train.py --config config`` (fit, then test of the best checkpoint) and times it."""
+def train_config(config: str, log_root: str, overrides: Sequence[str] = ()) -> TrainedRun:
+    """Runs ``train.py --config config *overrides`` (fit, then test of the best checkpoint) and times it."""
     name = Path(config).stem
     log = Path(log_root) / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    train_args = ["--config", config, "--log_root", log_root, "--trainer.enable_progress_bar", "false"]
+    train_args = ["--config", config, *overrides, "--log_root", log_root, "--trainer.enable_progress_bar", "false"]
     start = time.perf_counter()
     out = train_py(*train_args, log=log)
     minutes = (time.perf_counter() - start) / 60
@@ -189,7 +191,7 @@ def train_config(config: str, log_root: str) -> TrainedRun:
     best = next((run / "checkpoints").glob("best-*.ckpt"))
     algorithm = last["lightning_meta"]["algorithm"]
     trained = TrainedRun(config, train_args, minutes, last["global_step"], algorithm, best, log,
-                         parse_test_metrics(out), parse_dataset(out))
+                         parse_test_metrics(out), parse_dataset(out), list(overrides))
     trained.save()
     return trained
 

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import results  # noqa: E402
 from results import TrainedRun, parse_dataset, parse_test_metrics  # noqa: E402
 
 TRAIN_PY_OUTPUT = """Testing DataLoader 0: 100%
@@ -60,3 +61,16 @@ def test_only_the_configs_own_test_is_taken_from_train_py(run, overrides, repeat
 def test_a_run_recorded_without_its_closing_test_is_tested_again(run):
     run.closing_test = {}
     assert not run.is_closing_test(())
+
+
+def test_settings_given_for_training_are_kept_and_given_to_later_tests(run, monkeypatch):
+    run.overrides = ["--trainer.precision", "bf16-mixed"]
+    run.save()
+    loaded = TrainedRun.load(run.best.parents[1])
+    assert loaded.overrides == ["--trainer.precision", "bf16-mixed"]
+    calls = []
+    monkeypatch.setattr(results, "train_py", lambda *args, log: calls.append(args) or TRAIN_PY_OUTPUT)
+    loaded.test_all("--data.eval_n_way", "20")
+    (args,) = calls
+    assert args[args.index("--trainer.precision") + 1] == "bf16-mixed"
+    assert args[args.index("--data.eval_n_way") + 1] == "20" and args[args.index("--ckpt_path") + 1] == str(run.best)

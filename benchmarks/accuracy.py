@@ -23,7 +23,7 @@ import argparse
 import os
 from pathlib import Path
 
-from results import ROOT, TrainedRun, hardware, record, this_command, today, train_config
+from results import ROOT, TrainedRun, hardware, parse_with_settings, record, this_command, today, train_config
 
 SHAPES = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 
@@ -38,9 +38,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="test this earlier benchmark run folder instead of training")
     parser.add_argument("--eval_inner_steps", type=int, nargs="+", default=[None],
                         help="inner steps at test time (MAML, Reptile; default: the config's)")
-    args, overrides = parser.parse_known_args()
-    if overrides and not overrides[0].startswith(("--trainer.", "--model.", "--data.")):
-        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    args, overrides = parse_with_settings(parser)
     if overrides and args.run:
         parser.error(f"{' '.join(overrides)}: settings for train.py apply when training, not with --run")
     run = TrainedRun.load(args.run) if args.run else train_config(args.config, args.log_root, overrides)

@@ -6,6 +6,7 @@ within_alphabet, so re-running a benchmark updates its rows and leaves the other
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -79,6 +80,15 @@ def command_line(args: list[str]) -> str:
 def this_command() -> str:
     """The benchmark's own command line, with its script path relative to the project, wherever it was run."""
     return command_line([str(Path(sys.argv[0]).resolve()), *sys.argv[1:]])
+
+
+def parse_with_settings(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[str]]:
+    """The script's own arguments, and the rest: train.py settings (``--trainer.*``, ``--model.*``, ``--data.*``)
+    that go with the config to every training and test it runs."""
+    args, settings = parser.parse_known_args()
+    if settings and not settings[0].startswith(("--trainer.", "--model.", "--data.")):
+        parser.error(f"unrecognized arguments: {' '.join(settings)}")
+    return args, settings
 
 
 def train_py(*args: str, log: Path) -> str:

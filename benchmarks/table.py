@@ -6,6 +6,10 @@ the same 1,000 test episodes of each shape it is tested on; RESULTS.md gets one 
     python benchmarks/table.py                                   # every algorithm, 10 minutes per config
     python benchmarks/table.py --algorithms protonet maml --minutes 30
     python benchmarks/table.py --full                            # the papers' full training, no time limit (a GPU)
+    python benchmarks/table.py --algorithms metanet meta_lstm --trainer.precision bf16-mixed
+
+Other arguments (``--trainer.*``, ``--model.*``, ``--data.*``) go to train.py with every config, for training and
+testing.
 
 Each config trains for ``--minutes`` of wall clock (Lightning's ``trainer.max_time``) or its own ``max_steps``,
 whichever ends first; ``--full`` sets the papers' training lengths instead where they state one. The
@@ -29,6 +33,7 @@ from results import (
     command_line,
     hardware,
     parse_test_metrics,
+    parse_with_settings,
     record,
     tasks_per_batch,
     this_command,
@@ -96,16 +101,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="training steps left out of the timing")
     parser.add_argument("--data", help="another data module for every config (the tests: SyntheticDataModule)")
     parser.add_argument("--log_root", type=Path, default=ROOT / "lightning_logs" / "table")
-    args = parser.parse_args()
+    args, settings = parse_with_settings(parser)
     args.log_root.mkdir(parents=True, exist_ok=True)
-    data = ["--data", args.data] if args.data else []
+    given = [*(["--data", args.data] if args.data else []), *settings]  # train.py settings for every config
     for algorithm in args.algorithms:
         log = args.log_root / f"{algorithm}.log"
         cells, trainings, throughput = {}, [], {}
         for config, shapes in PLAN[algorithm]:
             length = ["--trainer.max_steps", str(FULL[algorithm])] if args.full and algorithm in FULL else []
             limit = [] if args.full else ["--trainer.max_time", budget(args.minutes)]
-            trained = train(config, [*data, *length, *limit], args.test_episodes, args.warmup, args.log_root, log)
+            trained = train(config, [*given, *length, *limit], args.test_episodes, args.warmup, args.log_root, log)
             trainings.append({"config": config, "steps": trained["steps"], "minutes": trained["minutes"],
                               "command": command_line(["train.py", *trained["args"]])})
             for shape in shapes:
@@ -115,7 +120,7 @@ def main() -> None:
                         raise SystemExit(f"{config} tested {tested_shape(out)} after training, not {shape}; fix PLAN")
                 else:
                     ways, shots = TABLE_SHAPES[shape]
-                    out = train_py("--config", config, *data, "--ckpt_path", str(trained["checkpoint"]),
+                    out = train_py("--config", config, *given, "--ckpt_path", str(trained["checkpoint"]),
                                    "--test_only", "true", "--data.eval_n_way", str(ways), "--data.eval_k_shot",
                                    str(shots), "--data.test_episodes", str(args.test_episodes),
                                    "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=timing.TestTimer",

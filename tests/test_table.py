@@ -19,7 +19,7 @@ def test_the_table_is_trained_tested_and_written(tmp_path):
     (tmp_path / "README.md").write_text(f"# Intro\n\n{begin}\n| stale | row |\n{end}\n\n## After\n")
     command = [sys.executable, str(ROOT / "benchmarks" / "table.py"), "--algorithms", "protonet", "mann", "--minutes",
                "0.1", "--test_episodes", "10", "--warmup", "1", "--data", "SyntheticDataModule",
-               "--log_root", str(tmp_path / "logs")]
+               "--log_root", str(tmp_path / "logs"), "--model.lr", "0.0005"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     records = {r["algorithm"]: r for r in json.loads((tmp_path / "results.json").read_text())}
@@ -46,6 +46,11 @@ def test_the_table_is_trained_tested_and_written(tmp_path):
     assert "- protonet: `python benchmarks/table.py --algorithms protonet mann --minutes 0.1" in table
     log = (tmp_path / "logs" / "protonet.log").read_text()
     assert log.count("$ python train.py") == 4  # 2 trainings (each tested on its own shape), 2 more tests
+    commands = [line for line in log.splitlines() if line.startswith("$ python train.py")]
+    assert all("--data SyntheticDataModule --model.lr 0.0005" in command for command in commands)
+    for config in ("proto", "proto_5shot", "mann"):  # the setting given to table.py reached every training
+        saved = tmp_path / "logs" / config / "version_0" / "config.yaml"  # the training's run folder
+        assert yaml.safe_load(saved.read_text())["model"]["init_args"]["lr"] == 0.0005
     readme = (tmp_path / "README.md").read_text()  # the README's copy: the same cells, the rest kept
     assert readme.startswith(f"# Intro\n\n{begin}\n") and readme.endswith(f"{end}\n\n## After\n")
     assert "stale" not in readme

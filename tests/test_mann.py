@@ -1,5 +1,6 @@
 """MANN with LRUA memory: the memory step against a hand-worked example and a plain-Python second implementation,
-the sequence construction (label offset, instance numbers), episode independence, and learning."""
+the controller against nn.LSTMCell, the compiled time step against the eager one, the sequence construction (label
+offset, instance numbers), episode independence, and learning."""
 
 import math
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_meta import MANN, Episode, SyntheticDataModule
-from lightning_meta.algorithms.mann import LRUAMemory, MemoryState, as_sequence
+from lightning_meta.algorithms.mann import Controller, LRUAMemory, MemoryState, as_sequence
 from lightning_meta.errors import ConfigError
 
 
@@ -120,15 +121,58 @@ def test_sequence_is_a_shuffle_of_the_episode_with_instance_numbers():
 
 
 @pytest.mark.parametrize("memory", [True, False], ids=["mann", "lstm"])
-def test_step_t_sees_the_label_of_step_t_minus_1_and_never_its_own(memory):
+def test_step_t_sees_the_label_of_step_t_minus_1_and_never_its_own(memory, monkeypatch):
     model = MANN(image_shape=(5,), n_way=3, controller=8, memory=memory, memory_rows=6, memory_width=4, heads=2)
     inputs = []
-    model.lstm.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    project = model.lstm.project
+    monkeypatch.setattr(model.lstm, "project", lambda u: inputs.append(u) or project(u))
     seq = as_sequence(episode(keys=(3, 4)))
-    model(seq)
-    labels = torch.stack(inputs, dim=1)[:, :, 5:8]  # [T, L, N]: the label part of the controller's input
+    logits = model(seq)
+    labels = inputs[0][:, :, 5:8]  # [T, L, N]: the label part of the controller's input
     assert torch.equal(labels[:, 0], torch.zeros(2, 3))
     assert torch.equal(labels[:, 1:], F.one_hot(seq.y[:, :-1], 3).float())
+    t = 4  # another label at step t changes the outputs from step t + 1 on, and none before
+    seq.y[:, t] = (seq.y[:, t] + 1) % 3
+    changed = (model(seq) != logits).any(-1).any(0)  # [L]
+    assert not changed[: t + 1].any() and changed[t + 1]
+
+
+def test_controller_is_an_lstm_cell_on_the_concatenated_input():
+    """The controller's projected input plus its recurrent step against nn.LSTMCell on [u_t, r_{t−1}] with the same
+    parameters, over a few steps, forward and gradients."""
+    torch.manual_seed(0)
+    D, R, C, T = 6, 4, 5, 3
+    controller = Controller(D + R, C)
+    cell = torch.nn.LSTMCell(D + R, C)
+    cell.load_state_dict(controller.state_dict())
+    u, reads = torch.randn(T, 4, D), torch.randn(T, 4, R)
+    h = c = h_ref = c_ref = torch.zeros(T, C)
+    gates_u, W_rh = controller.project(u), controller.recurrent_weight(R)
+    for t in range(4):
+        h, c = controller.step(gates_u[:, t], reads[:, t], (h, c), W_rh)
+        h_ref, c_ref = cell(torch.cat([u[:, t], reads[:, t]], dim=-1), (h_ref, c_ref))
+        assert torch.allclose(h, h_ref, atol=1e-6) and torch.allclose(c, c_ref, atol=1e-6)
+    (h.sum() + c.square().sum()).backward()
+    (h_ref.sum() + c_ref.square().sum()).backward()
+    for name, p in controller.named_parameters():
+        assert torch.allclose(p.grad, dict(cell.named_parameters())[name].grad, atol=1e-5), name
+
+
+@pytest.mark.parametrize("memory", [True, False], ids=["mann", "lstm"])
+def test_compiled_time_step_gives_the_eager_numbers(memory):
+    torch.manual_seed(0)
+    eager = MANN(image_shape=(5,), n_way=3, controller=8, memory=memory, memory_rows=6, memory_width=4, heads=2,
+                 add_vector=True)
+    compiled = MANN(image_shape=(5,), n_way=3, controller=8, memory=memory, memory_rows=6, memory_width=4, heads=2,
+                    add_vector=True, compile_step=True)
+    compiled.load_state_dict(eager.state_dict())
+    seq = as_sequence(episode(keys=(3, 4)))
+    logits, logits_compiled = eager(seq), compiled(seq)
+    assert torch.allclose(logits, logits_compiled, atol=1e-5)
+    logits.square().sum().backward()
+    logits_compiled.square().sum().backward()
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5), name
 
 
 def test_episodes_are_independent():

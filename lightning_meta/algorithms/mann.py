@@ -103,11 +103,37 @@ class LRUAMemory(nn.Module):
         w_w = gate * s.w_r + (1 - gate) * s.w_lu[:, None]  # [T, H, R]
         keep = 1 - F.one_hot(s.w_u.argmin(dim=-1), self.rows).to(s.M)  # the least-used row of w^u_{t−1} is zeroed
         M = s.M * keep[..., None] + w_w.transpose(1, 2) @ (k if a is None else a)  # [T, R, W]
-        similarity = F.cosine_similarity(k[:, :, None], M[:, None], dim=-1)  # [T, H, R]
+        similarity = F.normalize(k, dim=-1, eps=1e-8) @ F.normalize(M, dim=-1, eps=1e-8).transpose(1, 2)  # [T, H, R]
         w_r = torch.softmax(similarity if beta is None else beta[..., None] * similarity, dim=-1)
         r = w_r @ M  # [T, H, W]
         w_u = self.gamma * s.w_u + w_r.sum(1) + w_w.sum(1)  # [T, R]
         return r, MemoryState(M, w_r, w_u, self.least_used(w_u))
+
+
+class Controller(nn.LSTMCell):
+    """The LSTM controller: ``nn.LSTMCell`` (its parameters, initialisation and equations) on the input
+    [u_t, r_{t−1}], where u_t = [x_t, y_{t−1}] is known for the whole sequence in advance and only the reads r_{t−1}
+    come from the recurrence. W_u u_t + b is therefore one matrix product over all steps (``project``), and a
+    step (``step``) adds W_r r_{t−1} + W_h h_{t−1}: the same numbers as the cell on the concatenated input, without
+    a small product and a full-size weight gradient at every step."""
+
+    def project(self, u: Tensor) -> Tensor:
+        """W_u u_t + b_ih + b_hh for every step: [T, L, D + N] -> [T, L, 4C]."""
+        W_u = self.weight_ih[:, : u.shape[-1]]
+        return F.linear(u, W_u, self.bias_ih + self.bias_hh)
+
+    def step(self, gates_u: Tensor, r: Tensor, state: tuple[Tensor, Tensor],
+             W_rh: Tensor) -> tuple[Tensor, Tensor]:
+        """One step from the projected input [T, 4C], the reads r_{t−1} [T, H*W], (h_{t−1}, c_{t−1}) and
+        W_rh = [W_r, W_h] (``recurrent_weight``) -> (h_t, c_t)."""
+        h, c = state
+        i, f, g, o = (gates_u + torch.cat([r, h], dim=-1) @ W_rh.T).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def recurrent_weight(self, reads: int) -> Tensor:
+        """[W_r, W_h]: [4C, H*W + C], built once a sequence so that its gradient is split once."""
+        return torch.cat([self.weight_ih[:, self.input_size - reads:], self.weight_hh], dim=1)
 
 
 @register
@@ -129,6 +155,9 @@ class MANN(MetaLearner):
         key_strength: read with w^r_t(i) = softmax_i β_t cos(k_t, M_t(i)), β_t = softplus(W_β h_t) ≥ 0 per head, the
             key strength of the Neural Turing Machine's content addressing (the paper's equation has β = 1).
         add_vector: write a_t = tanh(W_a h_t) instead of the key (see the module docstring).
+        compile_step: run each time step (controller, memory, output) through ``torch.compile`` (needs a C++
+            compiler on a CPU; about 30 s to compile for each batch shape, after which a training step on a 2-core
+            CPU takes about half the time: a step is a few hundred small operations, which the compiler fuses).
         **kwargs: optimiser settings, see :class:`MetaLearner`.
     """
 
@@ -137,7 +166,7 @@ class MANN(MetaLearner):
     def __init__(self, image_shape: tuple[int, ...], n_way: int, encoder: str = "pixels", hidden: int = 64,
                  controller: int = 200, memory: bool = True, memory_rows: int = 128, memory_width: int = 40,
                  heads: int = 4, gamma: float = 0.95, key_strength: bool = False, add_vector: bool = False,
-                 **kwargs: Any) -> None:
+                 compile_step: bool = False, **kwargs: Any) -> None:
         super().__init__(image_shape, **kwargs)
         if n_way < 2 or min(controller, memory_rows, memory_width, heads) < 1 or heads > memory_rows:
             raise ConfigError(f"model.n_way must be >= 2, controller, memory_rows, memory_width and heads >= 1, and "
@@ -153,13 +182,14 @@ class MANN(MetaLearner):
             raise ConfigError(f"MANN needs an encoder that gives vectors, but {encoder!r} gives {tuple(x_dim)}")
         reads = heads * memory_width if memory else 0
         self.memory = LRUAMemory(memory_rows, memory_width, heads, gamma) if memory else None
-        self.lstm = nn.LSTMCell(x_dim[0] + n_way + reads, controller)
+        self.lstm = Controller(x_dim[0] + n_way + reads, controller)
         self.key = nn.Linear(controller, heads * memory_width) if memory else None  # W_k
         self.alpha = nn.Linear(controller, heads) if memory else None  # the write gates α
         self.beta = nn.Linear(controller, heads) if memory and key_strength else None  # key strengths β
         self.add = nn.Linear(controller, heads * memory_width) if memory and add_vector else None  # W_a
         self.output = nn.Linear(controller + reads, n_way)  # W_o
-        self.n_way = n_way
+        self.n_way, self.reads = n_way, reads
+        self.step_fn = torch.compile(self.time_step, dynamic=False) if compile_step else self.time_step
         self.instance_metrics = nn.ModuleDict({f"{stage}_{n}": EpisodeMean() for stage in ("val", "test")
                                                for n in INSTANCES})
 
@@ -175,20 +205,28 @@ class MANN(MetaLearner):
         T, L = seq.y.shape
         x = self.encoder(seq.x.flatten(0, 1)).unflatten(0, (T, L))  # [T, L, D]
         y_prev = F.pad(F.one_hot(seq.y[:, :-1], self.n_way).to(x), (0, 0, 1, 0))  # y_{t−1}, 0 at t = 1: [T, L, N]
+        gates_u = self.lstm.project(torch.cat([x, y_prev], dim=-1))  # [T, L, 4C]: the input part of every step
+        W_rh = self.lstm.recurrent_weight(self.reads)
         h = c = x.new_zeros(T, self.lstm.hidden_size)
-        state = self.memory.initial_state(T, x) if self.memory is not None else None
-        r = x.new_zeros(T, self.output.in_features - self.lstm.hidden_size)  # r_0 = 0 ([T, 0] without memory)
+        r = x.new_zeros(T, self.reads)  # r_0 = 0 ([T, 0] without memory)
+        memory = self.memory.initial_state(T, x) if self.memory is not None else None
         logits = []
-        for t in range(L):
-            h, c = self.lstm(torch.cat([x[:, t], y_prev[:, t], r], dim=-1), (h, c))
-            if self.memory is not None:
-                k = torch.tanh(self.key(h)).view(T, self.memory.heads, self.memory.width)  # [T, H, W]
-                beta = F.softplus(self.beta(h)) if self.beta is not None else None  # β ≥ 0 [T, H]
-                a = torch.tanh(self.add(h)).view_as(k) if self.add is not None else None  # a_t [T, H, W]
-                reads, state = self.memory(k, self.alpha(h), state, beta, a)
-                r = reads.flatten(1)  # [T, H*W]
-            logits.append(self.output(torch.cat([h, r], dim=-1)))
+        for gates_u_t in gates_u.unbind(1):
+            logits_t, h, c, r, memory = self.step_fn(gates_u_t, W_rh, h, c, r, memory)
+            logits.append(logits_t)
         return torch.stack(logits, dim=1)
+
+    def time_step(self, gates_u_t: Tensor, W_rh: Tensor, h: Tensor, c: Tensor, r: Tensor,
+                  memory: MemoryState | None) -> tuple[Tensor, Tensor, Tensor, Tensor, MemoryState | None]:
+        """Step t: controller, then memory, then output -> (logits_t [T, N], h_t, c_t, r_t, memory state)."""
+        h, c = self.lstm.step(gates_u_t, r, (h, c), W_rh)
+        if memory is not None:
+            k = torch.tanh(self.key(h)).unflatten(1, (self.memory.heads, self.memory.width))  # [T, H, W]
+            beta = F.softplus(self.beta(h)) if self.beta is not None else None  # β ≥ 0 [T, H]
+            a = torch.tanh(self.add(h)).view_as(k) if self.add is not None else None  # a_t [T, H, W]
+            reads, memory = self.memory(k, self.alpha(h), memory, beta, a)
+            r = reads.flatten(1)  # [T, H*W]
+        return self.output(torch.cat([h, r], dim=-1)), h, c, r, memory
 
     def run(self, episode: Episode) -> tuple[EpisodeSequence, Tensor]:
         """The episode as sequences, and their logits. The order of each task is drawn from its key: training

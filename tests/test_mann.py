@@ -207,6 +207,15 @@ def test_bad_settings_are_refused():
         MANN(image_shape=(5,), n_way=3)(as_sequence(episode(n=4)))
 
 
+def test_compiled_step_without_a_compiler_is_refused(monkeypatch):
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, "no-such-compiler++"))
+    with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler.*compile_step false"):
+        MANN(image_shape=(5,), n_way=3, compile_step=True)
+    MANN(image_shape=(5,), n_way=3, compile_step=False)
+
+
 def test_learns_on_the_synthetic_set():
     """Episodes of 3 classes, 4 instances each (12-step sequences), inputs centred; test/acc is the 2nd-instance
     accuracy (chance 33%). Uncentred synthetic inputs, all alike in cosine, are not learned in this budget."""

@@ -136,6 +136,17 @@ class Controller(nn.LSTMCell):
         return torch.cat([self.weight_ih[:, self.input_size - reads:], self.weight_hh], dim=1)
 
 
+def check_cpp_compiler() -> None:
+    """``torch.compile`` builds its CPU kernels with a C++ compiler: one clear line, before training, if none."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as error:
+        raise ConfigError("model.compile_step: true needs a C++ compiler for torch.compile (g++, or the one $CXX "
+                          "names); install one or set --model.compile_step false") from error
+
+
 @register
 class MANN(MetaLearner):
     """MANN with LRUA memory (or, with ``memory: false``, the LSTM baseline).
@@ -174,6 +185,8 @@ class MANN(MetaLearner):
                               f"{heads})")
         if not 0 <= gamma <= 1:
             raise ConfigError(f"model.gamma, the usage decay, must be in [0, 1] (got {gamma})")
+        if compile_step:
+            check_cpp_compiler()
         self.encoder = build_backbone(encoder, image_shape, hidden=hidden)
         with torch.no_grad():
             x_dim = self.encoder.eval()(torch.zeros(1, *image_shape)).shape[1:]

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
+from lightning_meta.algorithms import coordinatewise
 from lightning_meta.algorithms.base import MetaLearner, register
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
@@ -135,12 +136,9 @@ class WeightGenerator(nn.Module):
         turn) -> [B, P], its output after the last."""
         x = preprocess(g.detach())  # [..., P, 2]
         if not self.recurrent:
-            return self.mlps[group](x)[..., 0]
+            return coordinatewise.mlp(self.mlps[group], x.view(-1, 2)).view(x.shape[:-1])
         S, B, P, _ = x.shape
-        h = c = x.new_zeros(B * P, self.cells[group].hidden_size)
-        for step in x.view(S, B * P, 2):
-            h, c = self.cells[group](step, (h, c))
-        return self.heads[group](h).view(B, P)
+        return coordinatewise.lstm(self.cells[group], self.heads[group], x.view(S, B * P, 2)).view(B, P)
 
 
 @register

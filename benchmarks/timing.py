@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytorch_lightning as pl
+import yaml
 from results import ROOT, hardware, record, this_command, today
 
 RATES: list[float] = []  # training steps per second of each timed fit, in order
@@ -89,6 +90,12 @@ def steps_per_second_in_child(args: list[str], patch: str = "") -> float:
     return float(out.split("STEPS_PER_SECOND")[-1])
 
 
+def episode_shape(config: str) -> dict[str, int]:
+    """The training episodes' ways and shots of a config in configs/."""
+    data = yaml.safe_load((ROOT / "configs" / config).read_text())["data"]["init_args"]
+    return {"ways": data["n_way"], "shots": data["k_shot"]}
+
+
 def compare_variants(description: str, kind: str, configs: dict[str, tuple[str, int]], variants: dict[str, str],
                      log_root: str, repeats: int) -> None:
     """The command line of a benchmark that times the training steps of configs (name: (algorithm, timed steps))
@@ -109,7 +116,7 @@ def compare_variants(description: str, kind: str, configs: dict[str, tuple[str, 
         medians = {name: statistics.median(r) for name, r in rates.items()}
         print(config, {name: f"{rate:.3f} steps/s" for name, rate in medians.items()}, flush=True)
         record({
-            "kind": kind, "algorithm": algorithm, "dataset": "omniglot", "split": "vinyals", "ways": 5, "shots": 1,
+            "kind": kind, "algorithm": algorithm, "dataset": "omniglot", "split": "vinyals", **episode_shape(config),
             "config": config, "rates": medians, "hardware": hardware(), "date": today(), "command": this_command(),
             "note": f"Medians of {args.repeats} alternating processes of {steps} timed steps each (after "
                     f"{args.warmup}), through `python train.py {' '.join(run)}`.",

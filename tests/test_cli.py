@@ -14,10 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 OMNIGLOT_TINY = TINY + ["--data.n_way", "5", "--data.batches_per_epoch", "4", "--data.val_episodes", "10",
                         "--data.test_episodes", "20", "--data.eval_tasks_per_batch", "10"]
-# MANN's configs compile the time step; these tests run it eager: with the compiled step they fail in the full
-# suite (a forward hook sees no layer; poisoned weights do not stop step 2), not yet understood (test_mann.py
-# checks the compiled step against the eager one).
-EAGER = {"mann": ["--model.compile_step", "false"]}
 
 
 def train(*args, data_root=None, log_root=None) -> subprocess.CompletedProcess:

@@ -207,12 +207,13 @@ def test_bad_settings_are_refused():
         MANN(image_shape=(5,), n_way=3)(as_sequence(episode(n=4)))
 
 
-def test_compiled_step_without_a_compiler_is_refused(monkeypatch):
+def test_compiled_step_without_a_compiler_is_refused():
     import torch._inductor.config as inductor
 
-    monkeypatch.setattr(inductor.cpp, "cxx", (None, "no-such-compiler++"))
-    with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler.*compile_step false"):
-        MANN(image_shape=(5,), n_way=3, compile_step=True)
+    # inductor's own patch: pytest's monkeypatch, undone, deletes the setting and breaks later compilations
+    with inductor.patch({"cpp.cxx": (None, "no-such-compiler++")}):
+        with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler.*compile_step false"):
+            MANN(image_shape=(5,), n_way=3, compile_step=True)
     MANN(image_shape=(5,), n_way=3, compile_step=False)
 
 

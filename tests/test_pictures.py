@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_cli import EAGER, TINY
+from test_cli import TINY
 
 import train
 from lightning_meta.episode import Episode
@@ -89,7 +89,7 @@ def test_maml_writes_accuracy_by_inner_step(tmp_path):
 
 
 def test_mann_writes_accuracy_by_instance(tmp_path):
-    run_dir = run("mann.yaml", tmp_path, *EAGER["mann"])
+    run_dir = run("mann.yaml", tmp_path)
     written = events(run_dir)
     curve = written.Scalars("test/acc_by_instance")
     assert [point.step for point in curve] == [1, 2, 3, 5, 10]

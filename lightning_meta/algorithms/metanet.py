@@ -110,7 +110,9 @@ class FastWeightNet(nn.Module):
 
 class WeightGenerator(nn.Module):
     """A meta-learner: for each parameter group (``conv``, ``fc``) a small network applied to every coordinate's
-    preprocessed gradient. ``recurrent``: an LSTM that reads a sequence of gradients (d); else an MLP (m)."""
+    preprocessed gradient. ``recurrent``: an LSTM that reads a sequence of gradients (d); else an MLP (m). Their
+    parameters live in ``nn.LSTMCell``, ``nn.Linear`` and ``nn.Sequential``; they run through ``coordinatewise``, which
+    computes the same function with backward passes written for ~150,000 coordinates at a time."""
 
     def __init__(self, hidden: int, recurrent: bool, steps: int = 1) -> None:
         super().__init__()

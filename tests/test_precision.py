@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_cli import TINY
 from test_distributed import CONFIGS
 from torch import nn
@@ -14,14 +15,24 @@ from lightning_meta.algorithms import MAML
 
 
 @pytest.mark.parametrize("config, name", CONFIGS)
-def test_every_algorithm_trains_in_bf16_mixed_precision(config, name, tmp_path):
-    """Autocast reaches its layers (some linear or convolution layer gives bfloat16 outputs in training; under
-    torch.func.vmap a layer with a bias gives float32, pytorch/pytorch#192617), and the test metric is finite."""
+def test_every_algorithm_trains_in_bf16_mixed_precision(config, name, tmp_path, monkeypatch):
+    """Autocast reaches its layers (some linear or convolution layer, or F.conv2d as Meta Networks calls it, gives
+    bfloat16 outputs in training; under torch.func.vmap a layer with a bias gives float32, pytorch/pytorch#192617),
+    and the test metric is finite."""
     dtypes = set()
 
     def record(module: nn.Module, args, output) -> None:
         if isinstance(module, (nn.Linear, nn.Conv2d)) and torch.is_grad_enabled():
             dtypes.add(output.dtype)
+
+    def recording_conv2d(*args, **kwargs) -> torch.Tensor:
+        output = conv2d(*args, **kwargs)
+        if torch.is_grad_enabled():
+            dtypes.add(output.dtype)
+        return output
+
+    conv2d = F.conv2d
+    monkeypatch.setattr(F, "conv2d", recording_conv2d)
 
     hook = nn.modules.module.register_module_forward_hook(record)
     try:

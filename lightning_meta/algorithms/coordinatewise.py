@@ -51,7 +51,7 @@ class _LSTMFunction(torch.autograd.Function):
         z[:, :3] = x1
         out, h = [], None
         for s in range(S):
-            a = (W @ z[s]).sigmoid_()
+            a = (W @ z[s] if s > 0 else W[:, :3] @ z[0, :3]).sigmoid_()  # h = 0 before the first step
             i, f, g, o = a.chunk(4)
             g.mul_(2).sub_(1)
             c = i * g
@@ -99,11 +99,12 @@ class _LSTMFunction(torch.autograd.Function):
                 torch.mul(dc, i, out=dg).mul_(1 - g * g)
                 if s > 0:
                     torch.mul(dc, out[s - 1][1], out=df).mul_(f - f * f)
-                else:
+                    dW.addmm_(dgates, z[s].T)
+                    dc.mul_(f)
+                    dh = W_hh.T @ dgates
+                else:  # the first step reads c = h = 0: no gradient for f or W_hh, and none to pass back
                     df.zero_()
-                dW.addmm_(dgates, z[s].T)
-                dc.mul_(f)
-                dh = W_hh.T @ dgates
+                    dW[:, :3].addmm_(dgates, z[0, :3].T)
         dW_ih, db, dW_hh = dW.split([2, 1, W_hh.shape[1]], dim=1)
         grads = (dW_ih, dW_hh, db[:, 0], db[:, 0], dw_out, dy.sum()[None])
         return (None, *(grad.to(dtype) for grad, dtype in zip(grads, ctx.dtypes)))

@@ -64,9 +64,12 @@ class MetaCLI(LightningCLI):
             self.save_config_callback = None
             return super().instantiate_trainer(logger=False, enable_checkpointing=False, **kwargs)
         check_writable(Path(self.config.log_root))
+        resumed = version is not None
+        if not resumed and rank_zero_only.rank == 0:  # other ranks take rank 0's folders from Lightning's broadcasts
+            version = claim_version(Path(self.config.log_root, self.run_name))
         run = TensorBoardLogger(self.config.log_root, name=self.run_name, version=version, default_hp_metric=False)
         run_dir = Path(run.log_dir)  # lightning_logs/<config>/version_N, whatever logger the config asks for
-        if version is not None:  # resuming into the same run folder: keep its config.yaml, add one beside it
+        if resumed:  # resuming into the same run folder: keep its config.yaml, add one beside it
             self.save_config_kwargs["config_filename"] = free_name(run_dir, "config_resumed", ".yaml")
         metric = f"val/{METRICS[self.datamodule.task]}"
         self.checkpoint = ModelCheckpoint(run_dir / "checkpoints", monitor=metric, mode=BEST[metric],
@@ -114,6 +117,20 @@ def check_writable(folder: Path) -> None:
         reason = "permission denied"
     if not writable:
         raise ConfigError(f"cannot write runs under --log_root {folder} ({reason}); choose a folder you can write to")
+
+
+def claim_version(folder: Path) -> int:
+    """Creates the next free folder version_N under ``folder`` and returns N. Creating it is the claim: of two runs
+    started at the same moment, the second finds it taken and moves on to N + 1."""
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = [p.name.removeprefix("version_") for p in folder.glob("version_*")]
+    n = max((int(v) for v in taken if v.isdigit()), default=-1) + 1
+    while True:
+        try:
+            (folder / f"version_{n}").mkdir()
+            return n
+        except FileExistsError:
+            n += 1
 
 
 def free_name(folder: Path, stem: str, suffix: str) -> str:

@@ -58,6 +58,17 @@ def test_fit_test_resume_and_test_only_on_omniglot(data_root, tmp_path):
     assert snapshot(logs) == before and not (ROOT / "config.yaml").exists()  # test-only writes nothing
 
 
+def test_a_version_folder_is_claimed_by_creating_it(tmp_path, monkeypatch):
+    """Two runs started at the same moment: the second listed the folders before the first created version_0, and
+    still gets version_1. (Before, both chose version_0 and the second stopped on the first one's config.yaml.)"""
+    import train as train_module  # this file's train() runs it as a subprocess
+
+    (tmp_path / "version_0").mkdir()
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter([]))  # the listing taken before version_0 existed
+    assert train_module.claim_version(tmp_path) == 1
+    assert (tmp_path / "version_1").is_dir()
+
+
 def test_resume_mid_epoch_is_bitwise_exact(tmp_path):
     """12 steps in one run equal 7 steps, then resume, then 5 more (epochs of 5 steps: 7 is mid-epoch)."""
     common = ["--config", "proto_synthetic.yaml", "--data.batches_per_epoch", 5, "--checkpoint_every", 100, *TINY]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from lightning_meta import Episode, MetaNet, SyntheticDataModule
 from lightning_meta.algorithms import metanet
 from lightning_meta.algorithms.metanet import FastWeightNet, preprocess
+from lightning_meta.errors import ConfigError
 
 
 def test_preprocess_by_hand():
@@ -101,13 +102,39 @@ def test_fast_weights_change_the_predictions():
     assert not torch.allclose(model.predict(e), slow_only, atol=1e-4)
 
 
+@pytest.mark.parametrize("learn_scale", [False, True])
+def test_memory_attention_is_a_softmax_of_scaled_cosines_by_hand(learn_scale):
+    """Keys r'_i = (1, 0), (0, 1), (−1, 0), (1, 1) and the query r = (2, 0): cosines 1, 0, −1, 1/√2, and with s = 3
+    a_i = E_i / Σ_j E_j, E_i = exp(s · cos_i). The scale s gets ∂a_0/∂s = a_0 (c_0 − Σ_j a_j c_j) when it is learned,
+    and no gradient otherwise."""
+    model = MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2, scale=3.0, learn_scale=learn_scale)
+    r_support = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]]])
+    c = [1.0, 0.0, -1.0, 1 / math.sqrt(2)]
+    E = [math.exp(3.0 * ci) for ci in c]
+    a = model.attend(torch.tensor([[[2.0, 0.0]]]), r_support)  # [T, NQ, NK] = [1, 1, 4]
+    assert torch.allclose(a[0, 0], torch.tensor([Ei / sum(E) for Ei in E]))
+    if learn_scale:
+        a[0, 0, 0].backward()
+        a_hand = [Ei / sum(E) for Ei in E]
+        expected = a_hand[0] * (c[0] - sum(ai * ci for ai, ci in zip(a_hand, c)))
+        assert math.isclose(model.scale.grad.item(), expected, rel_tol=1e-5)
+    else:
+        assert not model.scale.requires_grad and not a.requires_grad
+
+
+def test_metanet_refuses_a_nonpositive_scale():
+    with pytest.raises(ConfigError, match="model.scale"):
+        MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2, scale=-1.0)
+
+
 def test_metanet_minus_has_no_task_level_fast_weights():
     """task_fast_weights: false (the paper's MetaNet-): no d, and the memory keys are u's plain fc1 outputs."""
     torch.manual_seed(0)
     model = MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2, task_fast_weights=False)
     e = small_episode()
     seen = []
-    model.attend = lambda r_query, r_support: seen.append((r_query, r_support)) or MetaNet.attend(r_query, r_support)
+    attend = model.attend
+    model.attend = lambda r_query, r_support: seen.append((r_query, r_support)) or attend(r_query, r_support)
     assert model.d is None and model.predict(e).shape == (2, 6, 3)
     Q = dict(model.u.weights)
     plain = model.u.fc1(Q, model.u.features(Q, e.support.flatten(0, 1))).unflatten(0, (2, 6))

@@ -19,6 +19,11 @@ and preprocessed coordinate-wise as in the paper's code: (max(log(|g| + ε) / p,
 Each of d and m has one network for the conv weights and one for the fully connected weights, as in that code;
 the layers have no biases and no batch norm, and the keys are u's fc1 outputs before the ReLU.
 
+The paper's attention is softmax_i cos(r'_i, r). A cosine lies in [−1, 1], so that attention is never sharp (in
+5-way 1-shot the matching key gets at most e / (e + 4/e) ≈ 0.65), and b reads a blend of all the support examples'
+fast weights. ``scale`` (s) and ``learn_scale`` give the softmax an inverse temperature, softmax_i s · cos(r'_i, r),
+as Matching Networks' ``scale`` does here (matching.py); s = 1 is the paper's formula.
+
 Two changes from that code, both to how d and m start:
 
 - Their output layers start with N(0, 0.01²) weights, so that the first fast weights are about as large as the slow
@@ -156,6 +161,8 @@ class MetaNet(MetaLearner):
         task_steps: the gradients d reads, one per chunk of the support set (the paper's code: 5); chunk c holds
             support examples c, c + S, c + 2S, ...
         task_fast_weights: false drops Q⁺ and d, the paper's ablation "MetaNet-": the keys are u(Q, x).
+        scale: s, the inverse temperature of the memory attention a_i = softmax_i s · cos(r'_i, r) (1: the paper's).
+        learn_scale: learn s, starting from ``scale``.
         **kwargs: optimiser settings, see :class:`MetaLearner`.
     """
 
@@ -163,13 +170,16 @@ class MetaNet(MetaLearner):
     adapts_at_evaluation = True  # its fast weights come from loss gradients on the support set
 
     def __init__(self, image_shape: tuple[int, ...], n_way: int, hidden: int = 64, blocks: int = 5,
-                 meta_hidden: int = 20, task_steps: int = 5, task_fast_weights: bool = True, **kwargs: Any) -> None:
+                 meta_hidden: int = 20, task_steps: int = 5, task_fast_weights: bool = True, scale: float = 1.0,
+                 learn_scale: bool = False, **kwargs: Any) -> None:
         super().__init__(image_shape, **kwargs)
         if len(image_shape) != 3:
             raise ConfigError(f"MetaNet's networks are convolutional and need images (C, H, W), got {image_shape}")
         if n_way < 2 or min(hidden, blocks, meta_hidden, task_steps) < 1:
             raise ConfigError(f"model.n_way must be >= 2 and hidden, blocks, meta_hidden, task_steps >= 1 (got "
                               f"{n_way}, {hidden}, {blocks}, {meta_hidden}, {task_steps})")
+        if scale <= 0:
+            raise ConfigError(f"model.scale must be positive (got {scale}); 1 is the paper's attention")
         self.n_way, self.task_steps = n_way, task_steps
         self.u = FastWeightNet(image_shape, hidden, blocks, n_way)  # embedding, slow weights Q
         # u's output layer only scores the embedding loss, whose gradients reach d as detached inputs: nothing trains
@@ -179,6 +189,7 @@ class MetaNet(MetaLearner):
         self.d = (WeightGenerator(meta_hidden, recurrent=True, steps=task_steps)  # G: task-level fast weights Q⁺
                   if task_fast_weights else None)
         self.m = WeightGenerator(meta_hidden, recurrent=False)  # Z: example-level fast weights W*
+        self.scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=learn_scale)  # s of the attention
 
     def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
         super().validate_setup(data, inference_mode, max_steps)
@@ -214,10 +225,10 @@ class MetaNet(MetaLearner):
             return self.u.fc1(Q, self.u.features(Q, x.flatten(0, 1))).unflatten(0, x.shape[:2])
         return vmap(lambda x, fast: self.u.fc1(Q, self.u.features(Q, x, fast), fast))(x, Q_plus)
 
-    @staticmethod
-    def attend(r_query: Tensor, r_support: Tensor) -> Tensor:
-        """a_i = softmax_i cos(r'_i, r): [T, NQ, D], [T, NK, D] -> [T, NQ, NK]."""
-        return torch.softmax(F.cosine_similarity(r_query[:, :, None], r_support[:, None], dim=-1), dim=-1)
+    def attend(self, r_query: Tensor, r_support: Tensor) -> Tensor:
+        """a_i = softmax_i s · cos(r'_i, r): [T, NQ, D], [T, NK, D] -> [T, NQ, NK]."""
+        cosine = F.cosine_similarity(r_query[:, :, None], r_support[:, None], dim=-1)
+        return torch.softmax(self.scale * cosine, dim=-1)
 
     def predict(self, episode: Episode) -> Tensor:
         NK = episode.support_labels.shape[1]

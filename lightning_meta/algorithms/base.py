@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError, TrainingError
@@ -24,6 +24,14 @@ ALGORITHMS: dict[str, type[MetaLearner]] = {}
 
 # Under DDP Lightning recommends sync_dist for metrics logged per epoch; ours are reduced over the ranks already.
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
+
+
+def attention_scale(scale: float, learn_scale: bool) -> nn.Parameter:
+    """s, the inverse temperature of an attention softmax over cosines (Matching Networks, Meta Networks): fixed, or
+    learned from ``scale``. 1 is the bare cosine of both papers."""
+    if scale <= 0:
+        raise ConfigError(f"model.scale must be positive (got {scale}); 1 is the paper's attention")
+    return nn.Parameter(torch.tensor(float(scale)), requires_grad=learn_scale)
 
 
 def register(cls: type[MetaLearner]) -> type[MetaLearner]:

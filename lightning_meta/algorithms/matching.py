@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import register
+from lightning_meta.algorithms.base import attention_scale, register
 from lightning_meta.algorithms.metric import MetricLearner, logsumexp_by_class
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
@@ -89,10 +89,8 @@ class MatchingNetwork(MetricLearner):
         if len(self.z_shape) != 1:
             raise ConfigError(f"Matching Networks need embedding vectors, but backbone {backbone!r} gives feature "
                               f"maps {self.z_shape}; choose conv4")
-        if scale <= 0:
-            raise ConfigError(f"model.scale must be positive (got {scale}); 1 is the paper's attention")
         self.fce = FullContextEmbeddings(self.z_shape[0], processing_steps) if fce else None
-        self.scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=learn_scale)
+        self.scale = attention_scale(scale, learn_scale)
 
     def predict(self, episode: Episode) -> Tensor:
         g, f = self.embed(episode)  # g'(x_i) [T, NK, D], f'(x̂) [T, NQ, D]

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from lightning_meta.algorithms import coordinatewise
-from lightning_meta.algorithms.base import MetaLearner, register
+from lightning_meta.algorithms.base import MetaLearner, attention_scale, register
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
 
@@ -178,8 +178,6 @@ class MetaNet(MetaLearner):
         if n_way < 2 or min(hidden, blocks, meta_hidden, task_steps) < 1:
             raise ConfigError(f"model.n_way must be >= 2 and hidden, blocks, meta_hidden, task_steps >= 1 (got "
                               f"{n_way}, {hidden}, {blocks}, {meta_hidden}, {task_steps})")
-        if scale <= 0:
-            raise ConfigError(f"model.scale must be positive (got {scale}); 1 is the paper's attention")
         self.n_way, self.task_steps = n_way, task_steps
         self.u = FastWeightNet(image_shape, hidden, blocks, n_way)  # embedding, slow weights Q
         # u's output layer only scores the embedding loss, whose gradients reach d as detached inputs: nothing trains
@@ -189,7 +187,7 @@ class MetaNet(MetaLearner):
         self.d = (WeightGenerator(meta_hidden, recurrent=True, steps=task_steps)  # G: task-level fast weights Q⁺
                   if task_fast_weights else None)
         self.m = WeightGenerator(meta_hidden, recurrent=False)  # Z: example-level fast weights W*
-        self.scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=learn_scale)  # s of the attention
+        self.scale = attention_scale(scale, learn_scale)  # s of the attention
 
     def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
         super().validate_setup(data, inference_mode, max_steps)

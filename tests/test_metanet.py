@@ -57,7 +57,7 @@ def test_per_example_and_per_chunk_gradients_match_autograd():
     model = MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2, task_steps=2).double()
     e = small_episode()
     e.support = e.support.double()
-    g = model.per_example_gradients(model.b, e.support, e.support_labels)  # per group [T, NK, P]
+    g = model.per_example_gradients(model.b, e.support, e.support_labels, 3)  # per group [T, NK, P]
     names = model.b.groups
     for t in range(2):
         for i in range(6):
@@ -71,7 +71,7 @@ def test_per_example_and_per_chunk_gradients_match_autograd():
     # d reads one gradient per chunk, of the mean loss over the chunk (examples c, c + 2, c + 4)
     seen = []
     model.d.forward = lambda group, chunk_grads: seen.append((group, chunk_grads)) or chunk_grads[0] * 0
-    model.task_fast_weights(e.support, e.support_labels)
+    model.task_fast_weights(e.support, e.support_labels, 3)
     for group, chunk_grads in seen:
         assert chunk_grads.shape[:2] == (2, 2)  # [S, T, P]
         for c in range(2):
@@ -139,6 +139,31 @@ def test_metanet_minus_has_no_task_level_fast_weights():
     Q = dict(model.u.weights)
     plain = model.u.fc1(Q, model.u.features(Q, e.support.flatten(0, 1))).unflatten(0, (2, 6))
     assert torch.allclose(seen[0][1], plain)
+
+
+def test_an_episode_of_fewer_classes_uses_the_first_outputs():
+    """A 5-output MetaNet on 3-way episodes predicts as a 3-output MetaNet holding the first 3 rows of its u.fc2 and
+    b.fc2: the rows of the absent classes change nothing (d and m are coordinate-wise, and those rows only score the
+    absent classes)."""
+    torch.manual_seed(0)
+    wide = MetaNet((1, 12, 12), n_way=5, hidden=4, blocks=2, scale=5.0)
+    narrow = MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2, scale=5.0)
+    state = wide.state_dict()
+    state["u.weights.fc2"], state["b.weights.fc2"] = state["u.weights.fc2"][:3], state["b.weights.fc2"][:3]
+    narrow.load_state_dict(state)
+    e = small_episode()
+    predictions = wide.predict(e)
+    assert predictions.shape == (2, 6, 3)
+    assert torch.allclose(predictions, narrow.predict(e), atol=1e-6)
+    assert not torch.allclose(predictions, wide.b.logits(dict(wide.b.weights), e.query.flatten(0, 1))[:, :3]
+                              .unflatten(0, (2, 6)))
+
+
+def test_metanet_refuses_episodes_of_more_classes_than_its_outputs():
+    data = SyntheticDataModule(shape=(1, 12, 12), n_way=5, k_shot=1, n_query=1, eval_n_way=3)
+    MetaNet((1, 12, 12), n_way=5, hidden=4, blocks=2).validate_setup(data, False, 10)  # 3-way evaluation is fine
+    with pytest.raises(ConfigError, match="model.n_way is 4 but the data gives 5-way train"):
+        MetaNet((1, 12, 12), n_way=4, hidden=4, blocks=2).validate_setup(data, False, 10)
 
 
 def train_on_synthetic(steps: int) -> tuple[MetaNet, SyntheticDataModule]:

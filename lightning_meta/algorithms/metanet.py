@@ -154,7 +154,8 @@ class MetaNet(MetaLearner):
 
     Args:
         image_shape: input shape, e.g. (1, 28, 28).
-        n_way: N, the classes of an episode (the outputs of b and of u's classifier).
+        n_way: the outputs of b and of u's classifier, one per class: the most classes an episode may have. An N-way
+            episode uses the first N (so training may have more classes per episode than testing).
         hidden: filters of the conv blocks and units of fc1 (the paper: 64).
         blocks: conv blocks of u and b (the paper's code: 5 on Omniglot).
         meta_hidden: units of the meta-learners d and m (the paper: 20).
@@ -191,28 +192,31 @@ class MetaNet(MetaLearner):
 
     def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
         super().validate_setup(data, inference_mode, max_steps)
-        self.check_n_way(data, self.n_way)
+        for subset, (n, _, _) in data.shapes.items():
+            if n > self.n_way:
+                raise ConfigError(f"model.n_way is {self.n_way} but the data gives {n}-way {subset} episodes; the "
+                                  f"output layers have one unit per class, so raise model.n_way to at least {n}")
 
     @staticmethod
-    def per_example_gradients(net: FastWeightNet, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """∇ of net's classifier loss on each example alone, at its slow weights: x [T, M, *x], y [T, M] ->
-        per group [T, M, P]."""
+    def per_example_gradients(net: FastWeightNet, x: Tensor, y: Tensor, n_way: int) -> dict[str, Tensor]:
+        """∇ of net's classifier loss (over its first ``n_way`` outputs) on each example alone, at its slow weights:
+        x [T, M, *x], y [T, M] -> per group [T, M, P]."""
         W = {k: w.detach() for k, w in net.weights.items()}
 
         def loss(W: Params, x: Tensor, y: Tensor) -> Tensor:
-            return F.cross_entropy(net.logits(W, x[None]), y[None])
+            return F.cross_entropy(net.logits(W, x[None])[:, :n_way], y[None])
 
         g = vmap(grad(loss), in_dims=(None, 0, 0))(W, x.flatten(0, 1), y.flatten())  # {name: [T*M, *w]}
         return {group: torch.cat([g[k].reshape(*y.shape, -1) for k in names], dim=-1)
                 for group, names in net.groups.items()}
 
-    def task_fast_weights(self, support: Tensor, labels: Tensor) -> Params:
+    def task_fast_weights(self, support: Tensor, labels: Tensor, n_way: int) -> Params:
         """Q⁺ = d(G, {∇_Q L_emb}) for every task: {name: [T, *w]}."""
         NK = labels.shape[1]
         S = min(self.task_steps, NK)
         chunks = F.one_hot(torch.arange(NK, device=labels.device) % S, S).T.to(support.dtype)  # [S, NK]
         chunks = chunks / chunks.sum(1, keepdim=True)  # the mean loss of a chunk has the mean gradient
-        g = self.per_example_gradients(self.u, support, labels)  # per group [T, NK, P]
+        g = self.per_example_gradients(self.u, support, labels, n_way)  # per group [T, NK, P]
         fast = {group: self.d(group, torch.einsum("sn,tnp->stp", chunks, g_group)) for group, g_group in g.items()}
         return self.u.unflatten(fast)
 
@@ -231,18 +235,19 @@ class MetaNet(MetaLearner):
     def predict(self, episode: Episode) -> Tensor:
         NK = episode.support_labels.shape[1]
         # 1. task-level fast weights and the keys of support and query
-        Q_plus = self.task_fast_weights(episode.support, episode.support_labels) if self.d is not None else None
+        N = episode.n_way
+        Q_plus = self.task_fast_weights(episode.support, episode.support_labels, N) if self.d is not None else None
         r = self.keys(torch.cat([episode.support, episode.query], dim=1), Q_plus)  # [T, NK+NQ, hidden]
         r_support, r_query = r[:, :NK], r[:, NK:]
         # 2. example-level fast weights W*_i, the memory values
-        g = self.per_example_gradients(self.b, episode.support, episode.support_labels)
+        g = self.per_example_gradients(self.b, episode.support, episode.support_labels, N)
         memory = {group: self.m(group, g_group) for group, g_group in g.items()}  # per group [T, NK, P]
         # 3. each query reads its fast weights W* = Σ_i a_i W*_i and is classified by b(W, W*, x)
         a = self.attend(r_query, r_support)  # [T, NQ, NK]
         W_star = self.b.unflatten({group: (a @ values).flatten(0, 1) for group, values in memory.items()})
         W = dict(self.b.weights)
         logits = vmap(lambda x, fast: self.b.logits(W, x[None], fast)[0])(episode.query.flatten(0, 1), W_star)
-        return logits.unflatten(0, a.shape[:2])  # [T, NQ, N]
+        return logits[:, :N].unflatten(0, a.shape[:2])  # [T, NQ, N]
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         logits = self.predict(episode)  # 4. the query cross-entropy trains Q, W, G and Z

@@ -52,6 +52,27 @@ def test_layer_augmentation_is_relu_slow_plus_relu_fast_by_explicit_sums():
     assert math.isclose(net.fc1(W, net.features(W, x, fast), fast).item(), key, rel_tol=1e-9)
 
 
+@pytest.mark.parametrize("init", ["lecun", "he", "torch"])
+def test_slow_weights_start_with_variance_gain_squared_over_fan_in(init):
+    """conv0 has fan_in 1·3·3 = 9, conv1 64·3·3 = 576, fc1 64 (one 1x1 map of 64 after five blocks on 28x28), fc2
+    64. Normal with gain √2 before a ReLU under "he", 1 for fc2 and under "lecun"; under "torch", U(±1/√fan_in), of
+    variance 1 / (3 fan_in), drawn as nn.Conv2d draws it."""
+    torch.manual_seed(0)
+    net = FastWeightNet((1, 28, 28), hidden=64, blocks=5, n_out=5, init=init)
+    relu_gain = {"lecun": 1.0, "he": 2.0, "torch": 1 / 3}[init]
+    for name, fan_in, variance in [("conv0", 9, relu_gain / 9), ("conv1", 576, relu_gain / 576),
+                                   ("fc1", 64, relu_gain / 64), ("fc2", 64, (1 / 3 if init == "torch" else 1) / 64)]:
+        w = net.weights[name]
+        assert w[0].numel() == fan_in
+        assert abs(w.var().item() / variance - 1) < (0.4 if w.numel() < 1000 else 0.05), name
+        assert abs(w.mean().item()) < 4 * math.sqrt(variance / w.numel()), name
+    if init == "torch":
+        torch.manual_seed(0)
+        assert torch.equal(net.weights["conv0"], torch.nn.Conv2d(1, 64, 3, bias=False).weight)
+    with pytest.raises(ConfigError, match="model.init must be 'lecun', 'he' or 'torch'"):
+        MetaNet((1, 28, 28), n_way=5, init="xavier")
+
+
 def test_per_example_and_per_chunk_gradients_match_autograd():
     torch.manual_seed(0)
     model = MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2, task_steps=2).double()
@@ -167,10 +188,12 @@ def test_metanet_refuses_episodes_of_more_classes_than_its_outputs():
 
 
 def train_on_synthetic(steps: int) -> tuple[MetaNet, SyntheticDataModule]:
+    """Trains with metanet.yaml's departures from the paper: the attention scale s learned from 10, He
+    initialisation."""
     pl.seed_everything(0)
     data = SyntheticDataModule(shape=(1, 16, 16), n_way=5, k_shot=1, n_query=5, batches_per_epoch=steps,
                                val_episodes=50, test_episodes=100, noise=0.3)
-    model = MetaNet(data.image_shape, n_way=5, hidden=16, blocks=3)
+    model = MetaNet(data.image_shape, n_way=5, hidden=16, blocks=3, scale=10.0, learn_scale=True, init="he")
     trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, inference_mode=False)
     trainer.fit(model, data)

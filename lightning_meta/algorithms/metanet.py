@@ -26,8 +26,8 @@ as Matching Networks' ``scale`` does here (matching.py); s = 1 is the paper's fo
 
 Two changes from that code, both to how d and m start:
 
-- Their output layers start with N(0, 0.01²) weights, so that the first fast weights are about as large as the slow
-  ones (a few hundredths). With the default initialisation they are of order 1 per coordinate, and five augmented
+- Their output layers start with N(0, 0.01²) weights, so that the first fast weights are a few hundredths, no larger
+  than the slow ones. With the default initialisation they are of order 1 per coordinate, and five augmented
   conv layers multiply the activations by hundreds each: the first losses are around 1e8.
 - Their output biases start at minus their output for a zero gradient, so that a zero gradient gives a zero fast
   weight. Most coordinates' gradients are tiny and preprocess to about (−1, 0), so otherwise nearly all fast weights
@@ -39,7 +39,7 @@ Two changes from that code, both to how d and m start:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,20 +64,30 @@ def preprocess(g: Tensor, p: float = 7.0) -> Tensor:
 
 class FastWeightNet(nn.Module):
     """``blocks`` × (conv 3x3 without bias, ReLU, 2x2 max-pool), then fc1 and fc2, without biases; called with
-    explicit weights so that fast weights can be added to any layer."""
+    explicit weights so that fast weights can be added to any layer.
 
-    def __init__(self, image_shape: tuple[int, ...], hidden: int, blocks: int, n_out: int) -> None:
+    The weights start N(0, gain² / fan_in) with ``init="lecun"``, gain 1: Chainer's default, which the paper's code
+    used. ``"he"`` takes gain √2 for the layers before a ReLU (1 for fc2), so that the activations keep their scale
+    through the blocks. ``"torch"`` is PyTorch's default, U(±1 / √fan_in), under which each block about halves them
+    (this code's initialisation before the option, which the results of earlier MetaNet runs used)."""
+
+    def __init__(self, image_shape: tuple[int, ...], hidden: int, blocks: int, n_out: int,
+                 init: str = "lecun") -> None:
         super().__init__()
         channels = [image_shape[0]] + [hidden] * blocks
-        self.weights = nn.ParameterDict({f"conv{i}": nn.Parameter(torch.empty(b, a, 3, 3))
+        self.weights = nn.ParameterDict({f"conv{i}": nn.Parameter(torch.zeros(b, a, 3, 3))
                                          for i, (a, b) in enumerate(zip(channels, channels[1:]))})
-        for w in self.weights.values():
-            nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Conv2d's default
         self.groups = {"conv": [f"conv{i}" for i in range(blocks)], "fc": ["fc1", "fc2"]}
         with torch.no_grad():
             features = self.features(dict(self.weights), torch.zeros(1, *image_shape)).shape[1]
-        self.weights["fc1"] = nn.Parameter(nn.Linear(features, hidden, bias=False).weight.detach())
-        self.weights["fc2"] = nn.Parameter(nn.Linear(hidden, n_out, bias=False).weight.detach())
+        self.weights["fc1"] = nn.Parameter(torch.zeros(hidden, features))
+        self.weights["fc2"] = nn.Parameter(torch.zeros(n_out, hidden))
+        for name, w in self.weights.items():
+            if init == "torch":
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Conv2d's and nn.Linear's default
+            else:
+                gain = math.sqrt(2) if init == "he" and name != "fc2" else 1.0
+                nn.init.normal_(w, std=gain / math.sqrt(w[0].numel()))  # w[0]: the weights into one unit, fan_in
 
     def unflatten(self, flat: dict[str, Tensor]) -> Params:
         """Weights from their groups flattened: per group [B, P] -> {name: [B, *w]}, in the slow weights' dtype (fast
@@ -164,6 +174,8 @@ class MetaNet(MetaLearner):
         task_fast_weights: false drops Q⁺ and d, the paper's ablation "MetaNet-": the keys are u(Q, x).
         scale: s, the inverse temperature of the memory attention a_i = softmax_i s · cos(r'_i, r) (1: the paper's).
         learn_scale: learn s, starting from ``scale``.
+        init: how the slow weights of u and b start: ``"lecun"`` (the paper's code), ``"he"`` or ``"torch"``, see
+            :class:`FastWeightNet`.
         **kwargs: optimiser settings, see :class:`MetaLearner`.
     """
 
@@ -172,19 +184,22 @@ class MetaNet(MetaLearner):
 
     def __init__(self, image_shape: tuple[int, ...], n_way: int, hidden: int = 64, blocks: int = 5,
                  meta_hidden: int = 20, task_steps: int = 5, task_fast_weights: bool = True, scale: float = 1.0,
-                 learn_scale: bool = False, **kwargs: Any) -> None:
+                 learn_scale: bool = False, init: Literal["lecun", "he", "torch"] = "lecun",
+                 **kwargs: Any) -> None:
         super().__init__(image_shape, **kwargs)
         if len(image_shape) != 3:
             raise ConfigError(f"MetaNet's networks are convolutional and need images (C, H, W), got {image_shape}")
         if n_way < 2 or min(hidden, blocks, meta_hidden, task_steps) < 1:
             raise ConfigError(f"model.n_way must be >= 2 and hidden, blocks, meta_hidden, task_steps >= 1 (got "
                               f"{n_way}, {hidden}, {blocks}, {meta_hidden}, {task_steps})")
+        if init not in ("lecun", "he", "torch"):
+            raise ConfigError(f"model.init must be 'lecun', 'he' or 'torch', got {init!r}")
         self.n_way, self.task_steps = n_way, task_steps
-        self.u = FastWeightNet(image_shape, hidden, blocks, n_way)  # embedding, slow weights Q
+        self.u = FastWeightNet(image_shape, hidden, blocks, n_way, init)  # embedding, slow weights Q
         # u's output layer only scores the embedding loss, whose gradients reach d as detached inputs: nothing trains
         # it, and marking it so lets DDP, which expects a gradient for every trainable parameter, run MetaNet
         self.u.weights["fc2"].requires_grad_(False)
-        self.b = FastWeightNet(image_shape, hidden, blocks, n_way)  # base learner, slow weights W
+        self.b = FastWeightNet(image_shape, hidden, blocks, n_way, init)  # base learner, slow weights W
         self.d = (WeightGenerator(meta_hidden, recurrent=True, steps=task_steps)  # G: task-level fast weights Q⁺
                   if task_fast_weights else None)
         self.m = WeightGenerator(meta_hidden, recurrent=False)  # Z: example-level fast weights W*

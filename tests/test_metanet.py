@@ -188,8 +188,8 @@ def test_metanet_refuses_episodes_of_more_classes_than_its_outputs():
 
 
 def train_on_synthetic(steps: int) -> tuple[MetaNet, SyntheticDataModule]:
-    """Trains with metanet.yaml's departures from the paper: the attention scale s learned from 10, He
-    initialisation."""
+    """Trains with the attention scale s learned from 10 and He initialisation: with the paper's s = 1, these 60 steps
+    reached 19.9% (he) and 43.6% (lecun) on the test episodes."""
     pl.seed_everything(0)
     data = SyntheticDataModule(shape=(1, 16, 16), n_way=5, k_shot=1, n_query=5, batches_per_epoch=steps,
                                val_episodes=50, test_episodes=100, noise=0.3)

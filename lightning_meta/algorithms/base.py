@@ -95,12 +95,15 @@ class MetaLearner(pl.LightningModule, ABC):
             raise ConfigError("model.lr_final anneals the learning rate over trainer.max_steps; set max_steps")
 
     @staticmethod
-    def check_n_way(data: Any, n_way: int) -> None:
-        """For a model with one output unit per class: its episodes must all be ``n_way``-way."""
-        for subset in ("train", "val"):
-            if data.shapes[subset][0] != n_way:
-                raise ConfigError(f"model.n_way is {n_way} but the data gives {data.shapes[subset][0]}-way {subset} "
-                                  f"episodes; the output layer has one unit per class, so make them equal")
+    def check_n_way(data: Any, n_way: int, at_most: bool = False) -> None:
+        """For a model with one output unit per class: its training and validation episodes must be ``n_way``-way,
+        or, ``at_most`` (a model that scores an N-way episode with its first N units), no episode wider."""
+        for subset in data.shapes if at_most else ("train", "val"):
+            n = data.shapes[subset][0]
+            if n > n_way or (n != n_way and not at_most):
+                fix = f"raise model.n_way to at least {n}" if at_most else "make them equal"
+                raise ConfigError(f"model.n_way is {n_way} but the data gives {n}-way {subset} episodes; the output "
+                                  f"layer has one unit per class, so {fix}")
 
     def setup(self, stage: str) -> None:
         if self.trainer is not None and self.trainer.datamodule is not None:

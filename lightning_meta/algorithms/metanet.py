@@ -207,10 +207,7 @@ class MetaNet(MetaLearner):
 
     def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
         super().validate_setup(data, inference_mode, max_steps)
-        for subset, (n, _, _) in data.shapes.items():
-            if n > self.n_way:
-                raise ConfigError(f"model.n_way is {self.n_way} but the data gives {n}-way {subset} episodes; the "
-                                  f"output layers have one unit per class, so raise model.n_way to at least {n}")
+        self.check_n_way(data, self.n_way, at_most=True)
 
     @staticmethod
     def per_example_gradients(net: FastWeightNet, x: Tensor, y: Tensor, n_way: int) -> dict[str, Tensor]:

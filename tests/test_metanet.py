@@ -143,27 +143,6 @@ def test_memory_attention_is_a_softmax_of_scaled_cosines_by_hand(learn_scale):
         assert not model.scale.requires_grad and not a.requires_grad
 
 
-def test_key_loss_adds_the_cross_entropy_of_the_attention_summed_per_class_by_hand():
-    """With the attention fixed to rows drawn by hand, key_loss λ adds λ · mean_q −log Σ_{i: y'_i = y_q} a_qi to the
-    loss, summed here over the two support examples of each class by explicit loops; λ = 0 adds nothing."""
-    torch.manual_seed(0)
-    model = MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2)
-    e = small_episode(T=1, n=3, k=2, q=2)  # support labels 0 0 1 1 2 2, query labels 0 0 1 1 2 2
-    a = torch.softmax(torch.randn(1, 6, 6, generator=torch.Generator().manual_seed(1)) * 2, dim=-1)
-    model.attend = lambda r_query, r_support: a
-    base, logits = model.meta_loss(e)
-    model.key_loss = 0.5
-    with_key, logits_key = model.meta_loss(e)
-    by_hand = [-math.log(a[0, q, 2 * y] + a[0, q, 2 * y + 1]) for q, y in enumerate([0, 0, 1, 1, 2, 2])]
-    assert torch.equal(logits, logits_key)
-    assert math.isclose(with_key.item() - base.item(), 0.5 * sum(by_hand) / 6, rel_tol=1e-5)
-
-
-def test_metanet_refuses_a_negative_key_loss():
-    with pytest.raises(ConfigError, match="model.key_loss"):
-        MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2, key_loss=-0.1)
-
-
 def test_metanet_refuses_a_nonpositive_scale():
     with pytest.raises(ConfigError, match="model.scale"):
         MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2, scale=-1.0)

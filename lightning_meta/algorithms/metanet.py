@@ -13,10 +13,6 @@ into fast weights, shared across the coordinates of the weights (each coordinate
    W* = Σ_i a_i W*_i and is classified by b(W, W*, x).
 4. The cross-entropy of the query predictions trains Q, W, G and Z together.
 
-``key_loss`` (λ, 0 by default: the paper's objective) adds λ times the cross-entropy of the attention itself read as
-a classifier, p(c | x) = Σ_{i: y'_i = c} a_i, as in Matching Networks: a loss on u's keys, which otherwise learn
-only through the fast weights that the attention blends.
-
 Fast weights enter by layer augmentation: a layer with slow weights W and fast weights W* computes
 ReLU(W x) + ReLU(W* x) (its last, linear layer W x + W* x). The gradients given to d and m are inputs, detached
 and preprocessed coordinate-wise as in the paper's code: (max(log(|g| + ε) / p, −1), clamp(e^p g, −1, 1)), p = 7.
@@ -180,7 +176,6 @@ class MetaNet(MetaLearner):
         learn_scale: learn s, starting from ``scale``.
         init: how the slow weights of u and b start: ``"lecun"`` (the paper's code), ``"he"`` or ``"torch"``, see
             :class:`FastWeightNet`.
-        key_loss: λ, the weight of the attention's own cross-entropy in the training loss (0: the paper's loss).
         **kwargs: optimiser settings, see :class:`MetaLearner`.
     """
 
@@ -190,7 +185,7 @@ class MetaNet(MetaLearner):
     def __init__(self, image_shape: tuple[int, ...], n_way: int, hidden: int = 64, blocks: int = 5,
                  meta_hidden: int = 20, task_steps: int = 5, task_fast_weights: bool = True, scale: float = 1.0,
                  learn_scale: bool = False, init: Literal["lecun", "he", "torch"] = "lecun",
-                 key_loss: float = 0.0, **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(image_shape, **kwargs)
         if len(image_shape) != 3:
             raise ConfigError(f"MetaNet's networks are convolutional and need images (C, H, W), got {image_shape}")
@@ -199,9 +194,7 @@ class MetaNet(MetaLearner):
                               f"{n_way}, {hidden}, {blocks}, {meta_hidden}, {task_steps})")
         if init not in ("lecun", "he", "torch"):
             raise ConfigError(f"model.init must be 'lecun', 'he' or 'torch', got {init!r}")
-        if key_loss < 0:
-            raise ConfigError(f"model.key_loss is a loss weight and must be >= 0, got {key_loss}")
-        self.n_way, self.task_steps, self.key_loss = n_way, task_steps, key_loss
+        self.n_way, self.task_steps = n_way, task_steps
         self.u = FastWeightNet(image_shape, hidden, blocks, n_way, init)  # embedding, slow weights Q
         # u's output layer only scores the embedding loss, whose gradients reach d as detached inputs: nothing trains
         # it, and marking it so lets DDP, which expects a gradient for every trainable parameter, run MetaNet
@@ -251,8 +244,7 @@ class MetaNet(MetaLearner):
         cosine = F.cosine_similarity(r_query[:, :, None], r_support[:, None], dim=-1)
         return torch.softmax(self.scale * cosine, dim=-1)
 
-    def read(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        """Steps 1 to 3: the query logits [T, NQ, N] and the attention a [T, NQ, NK] that chose their fast weights."""
+    def predict(self, episode: Episode) -> Tensor:
         NK = episode.support_labels.shape[1]
         # 1. task-level fast weights and the keys of support and query
         N = episode.n_way
@@ -267,16 +259,8 @@ class MetaNet(MetaLearner):
         W_star = self.b.unflatten({group: (a @ values).flatten(0, 1) for group, values in memory.items()})
         W = dict(self.b.weights)
         logits = vmap(lambda x, fast: self.b.logits(W, x[None], fast)[0])(episode.query.flatten(0, 1), W_star)
-        return logits[:, :N].unflatten(0, a.shape[:2]), a
-
-    def predict(self, episode: Episode) -> Tensor:
-        return self.read(episode)[0]
+        return logits[:, :N].unflatten(0, a.shape[:2])  # [T, NQ, N]
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        logits, a = self.read(episode)
-        y = episode.query_labels.flatten()
-        loss = F.cross_entropy(logits.flatten(0, 1), y)  # 4. the query cross-entropy trains Q, W, G and Z
-        if self.key_loss:  # the attention as a classifier: p(c | x) = Σ_{i: y'_i = c} a_i  [T, NQ, N]
-            p = a @ F.one_hot(episode.support_labels, episode.n_way).to(a.dtype)
-            loss = loss + self.key_loss * F.nll_loss(p.flatten(0, 1).clamp_min(1e-12).log(), y)
-        return loss, logits
+        logits = self.predict(episode)  # 4. the query cross-entropy trains Q, W, G and Z
+        return F.cross_entropy(logits.flatten(0, 1), episode.query_labels.flatten()), logits

@@ -100,7 +100,7 @@ class MetaLearner(pl.LightningModule, ABC):
         or, ``at_most`` (a model that scores an N-way episode with its first N units), no episode wider."""
         for subset in data.shapes if at_most else ("train", "val"):
             n = data.shapes[subset][0]
-            if n > n_way or (n != n_way and not at_most):
+            if n > n_way if at_most else n != n_way:
                 fix = f"raise model.n_way to at least {n}" if at_most else "make them equal"
                 raise ConfigError(f"model.n_way is {n_way} but the data gives {n}-way {subset} episodes; the output "
                                   f"layer has one unit per class, so {fix}")

@@ -320,6 +320,12 @@ def render(records: list[dict]) -> str:
         ["Training steps per second of Meta Networks with its meta-learners d (an LSTM) and m (an MLP) run on every",
          "weight coordinate through nn.LSTMCell and nn.Sequential under autograd, as before, and as the chunked",
          "coordinate-wise networks with hand-written backward passes (lightning_meta/algorithms/coordinatewise.py)."])
+    lines += speed_up_section(
+        [r for r in records if r["kind"] == "metanet_pieces"], "Meta Networks' m by pieces",
+        ["layers in chunks (before)", "by pieces (now)"],
+        ["Training steps per second of Meta Networks with its MLP m computed through its layers over chunks of",
+         "coordinates (coordinatewise.py at commit 76620d3) and by pieces along the lines its inputs lie on (now),",
+         "in one process, the two taking turns step by step (benchmarks/timing.py, `compare_interleaved`)."])
     scaling = [r for r in records if r["kind"] == "ddp_bf16"]
     if scaling:
         lines += ["## Distributed training and bfloat16", "",

@@ -4,12 +4,18 @@ subprocess: they also print their rates)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import importlib
+import math
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytorch_lightning as pl
+import torch
 import yaml
 from results import ROOT, hardware, record, this_command, today
 
@@ -120,4 +126,64 @@ def compare_variants(description: str, kind: str, configs: dict[str, tuple[str, 
             "config": config, "rates": medians, "hardware": hardware(), "date": today(), "command": this_command(),
             "note": f"Medians of {args.repeats} alternating processes of {steps} timed steps each (after "
                     f"{args.warmup}), through `python train.py {' '.join(run)}`.",
+        })  # fmt: skip
+
+
+def built_from_config(config: str) -> tuple[pl.LightningModule, pl.LightningDataModule]:
+    """The model and the set-up data module of a config in configs/, its seed applied, without a trainer."""
+    settings = yaml.safe_load((ROOT / "configs" / config).read_text())
+    pl.seed_everything(settings.get("seed_everything", 0), verbose=False)
+
+    def build(section: str, **extra) -> object:
+        module, name = settings[section]["class_path"].rsplit(".", 1)
+        return getattr(importlib.import_module(module), name)(**settings[section]["init_args"], **extra)
+
+    data = build("data")
+    data.prepare_data()
+    data.setup("fit")
+    return build("model", image_shape=data.image_shape), data
+
+
+def compare_interleaved(description: str, kind: str, configs: dict[str, tuple[str, int]],
+                        variants: dict[str, Callable[[], contextlib.AbstractContextManager]]) -> None:
+    """The command line of a benchmark that times the training steps of configs (name: (algorithm, timed steps))
+    under variants (name: a context manager factory that switches it on), in one process: every variant has a model
+    of its own, all from the same start, and they take turns step by step on the same training episodes, so that the
+    machine's changes of speed over seconds and minutes fall on all of them alike. A step is the config's loss,
+    backward pass, gradient clipping and an Adam step at the config's learning rate (its schedule left out); the rates
+    are recorded as ``kind``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(configs), choices=list(configs))
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args()
+    for config in args.configs:
+        algorithm, steps = configs[config]
+        model, data = built_from_config(config)
+        clip = yaml.safe_load((ROOT / "configs" / config).read_text())["trainer"].get("gradient_clip_val", math.inf)
+        learners = {}
+        for name in variants:
+            learner = copy.deepcopy(model)
+            learners[name] = (learner, torch.optim.Adam(learner.parameters(), lr=learner.hparams.lr))
+        seconds = dict.fromkeys(variants, 0.0)
+        episodes = iter(data.train_dataloader())
+        for step in range(args.warmup + steps):
+            episode = data.on_after_batch_transfer(next(episodes), 0)
+            for name, switch_on in variants.items():
+                learner, optimizer = learners[name]
+                with switch_on():
+                    start = time.perf_counter()
+                    loss, _ = learner.meta_loss(episode)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(learner.parameters(), clip)
+                    optimizer.step()
+                    if step >= args.warmup:
+                        seconds[name] += time.perf_counter() - start
+        rates = {name: steps / s for name, s in seconds.items()}
+        print(config, {name: f"{rate:.3f} steps/s" for name, rate in rates.items()}, flush=True)
+        record({
+            "kind": kind, "algorithm": algorithm, "dataset": "omniglot", "split": "vinyals", **episode_shape(config),
+            "config": config, "rates": rates, "hardware": hardware(), "date": today(), "command": this_command(),
+            "note": f"One process, {torch.get_num_threads()} threads; the variants took turns step by step on the same "
+                    f"episodes, {steps} timed steps each (after {args.warmup}).",
         })  # fmt: skip

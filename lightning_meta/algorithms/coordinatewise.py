@@ -1,11 +1,21 @@
-"""Small networks applied to every coordinate of a weight tensor, with hand-written backward passes.
+"""Small networks applied to every coordinate of a weight tensor, fast on the CPU.
 
 Meta Networks' meta-learners (metanet.py) run an LSTM (d) and an MLP (m) of 20 units on each of the ~150,000
-coordinates of the conv weights, for every task. Through autograd, every elementwise op of those networks writes and
-reads back a tensor of [coordinates, 80] floats, and the LSTM's tanh is slow on the CPU: the two took 1.9 s of a 2.0 s
-training step on a 2-core AVX2 CPU. Here both run over chunks of coordinates that stay in the cache, with the
-coordinates in the last dimension, and the LSTM's tanh is computed as 2σ(2x) − 1. The LSTM keeps its activations for
-the backward pass; the MLP, whose activations are cheap, computes them again.
+coordinates of the conv weights, for every task (m for every support example). Through autograd, every elementwise op
+of those networks writes and reads back a tensor of [coordinates, 80] floats, and the LSTM's tanh is slow on the CPU:
+the two took 1.9 s of a 2.0 s training step on a 2-core AVX2 CPU.
+
+The LSTM runs over chunks of coordinates that stay in the cache, with the coordinates in the last dimension, keeps its
+activations for a hand-written backward pass, and computes its tanh as 2σ(2x) − 1.
+
+The MLP is computed exactly, by pieces. Its inputs, gradients preprocessed by metanet.preprocess, lie on three lines:
+(−1, e^p g) where |g| < e^−p, and (log|g| / p, ±1) elsewhere (all but those within float32's ε of |g| = e^−p). Along
+a line a ReLU MLP is piecewise linear in the free coordinate t, with a kink where a unit crosses 0 (at most H of the
+first layer, and per piece between those at most H of the second: about 40 for m in practice). So the MLP is
+evaluated once per piece, as y = a + c t with a and c differentiable in its weights, and each coordinate looks up its
+piece: y costs a binary search and one multiply-add per coordinate, and the backward pass two sums per piece (of dy
+and dy·t), instead of two 20 x 20 layers forward and backward per coordinate. Any input off the lines goes through the
+layers as usual.
 
 The inputs are the meta-learners' detached gradient features and get no gradient; the outputs are differentiable
 in the networks' parameters. Both compute in float32, also under autocast.
@@ -13,12 +23,14 @@ in the networks' parameters. Both compute in float32, also under autocast.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-CHUNK = 8192  # coordinates at a time
+CHUNK = 8192  # coordinates at a time, of the LSTM
+LINES = ((0, -1.0), (1, 1.0), (1, -1.0))  # the lines (fixed feature, its value) of the MLP's inputs
 
 
 def _float32(*tensors: Tensor) -> list[Tensor]:
@@ -110,42 +122,54 @@ class _LSTMFunction(torch.autograd.Function):
         return (None, *(grad.to(dtype) for grad, dtype in zip(grads, ctx.dtypes)))
 
 
-class _MLPFunction(torch.autograd.Function):
-    """x [N, 2] -> y [N]: Linear, ReLU, Linear, ReLU, Linear to 1. The backward pass runs each chunk's forward pass
-    again."""
+class _Pieces(torch.autograd.Function):
+    """y_n = a[k_n] + c[k_n] t_n: each coordinate's piece k [N] and position t [N] on its line, the pieces' offsets
+    and slopes a, c [K] -> y [N]. The backward pass sums dy and dy·t over each piece's coordinates."""
 
     @staticmethod
-    def hidden(x1: Tensor, W1: Tensor, W2: Tensor) -> tuple[Tensor, Tensor]:
-        """x1 [3, C] (features and ones), W1 [H, 3] and W2 [H, H + 1] with their biases last -> the two hidden
-        layers, the first with a row of ones [H + 1, C], the second [H, C]."""
-        h1 = x1.new_ones(W1.shape[0] + 1, x1.shape[1])
-        torch.mm(W1, x1, out=h1[:-1]).relu_()
-        return h1, (W2 @ h1).relu_()
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, w3: Tensor,
-                b3: Tensor) -> Tensor:
-        ctx.dtypes = [t.dtype for t in (W1, b1, W2, b2, w3, b3)]
-        x, W1, W2, w3 = _float32(x, torch.cat([W1, b1[:, None]], 1), torch.cat([W2, b2[:, None]], 1),
-                                 torch.cat([w3, b3[:, None]], 1))
-        ctx.save_for_backward(x, W1, W2, w3)
-        return torch.cat([(w3[:, :-1] @ _MLPFunction.hidden(x1, W1, W2)[1])[0] for x1 in _chunks(x)]) + w3[0, -1]
+    def forward(ctx: Any, k: Tensor, t: Tensor, a: Tensor, c: Tensor) -> Tensor:
+        ctx.save_for_backward(k, t)
+        ctx.pieces = a.shape[0]
+        return a.take(k).addcmul_(c.take(k), t)
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
-        x, W1, W2, w3 = ctx.saved_tensors
-        dy = dy.float()
-        dW1, dW2, dw3 = (torch.zeros_like(t) for t in (W1, W2, w3))
-        for x1, dyc in zip(_chunks(x), dy.split(CHUNK)):
-            h1, h2 = _MLPFunction.hidden(x1, W1, W2)  # recomputed
-            dw3[:, :-1].addmm_(dyc[None], h2.T)
-            dh2 = torch.ops.aten.threshold_backward(w3[:, :-1].T * dyc, h2, 0)  # [H, C]
-            dW2.addmm_(dh2, h1.T)
-            dh1 = torch.ops.aten.threshold_backward(W2[:, :-1].T @ dh2, h1[:-1], 0)
-            dW1.addmm_(dh1, x1.T)
-        dw3[0, -1] = dy.sum()
-        grads = (dW1[:, :-1], dW1[:, -1], dW2[:, :-1], dW2[:, -1], dw3[:, :-1], dw3[:, -1])
-        return (None, *(grad.to(dtype) for grad, dtype in zip(grads, ctx.dtypes)))
+        k, t = ctx.saved_tensors
+        dy = dy.double()  # sums of up to millions of terms
+        da = dy.new_zeros(ctx.pieces).scatter_add_(0, k, dy)
+        dc = dy.new_zeros(ctx.pieces).scatter_add_(0, k, dy * t)
+        return None, None, da.to(t.dtype), dc.to(t.dtype)
+
+
+def _inside(kinks: Tensor) -> Tensor:
+    """A point inside each of the pieces that sorted kinks [K - 1] cut the real line into: [K]."""
+    if kinks.numel() == 0:
+        return kinks.new_zeros(1)
+    return torch.cat([kinks[:1] - 1, (kinks[1:] + kinks[:-1]) / 2, kinks[-1:] + 1])
+
+
+def _pieces(W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, w3: Tensor, b3: Tensor, fixed: int,
+            value: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The MLP on the line x[fixed] = value, x[1 - fixed] = t: its kinks [K - 1] in t, ascending, and on each piece
+    between them y = a + c t, a and c [K] differentiable in the weights.
+
+    A unit of the first layer is linear in t, z1 = α1 + t β1, and kinks where it crosses 0. Between those kinks the
+    second layer's units are linear in t too and kink where they cross 0. On a piece between consecutive kinks both
+    layers' active units D1, D2 are fixed, and y = w3 D2 (W2 D1 (α1 + t β1) + b2) + b3."""
+    alpha1, beta1 = W1[:, fixed] * value + b1, W1[:, 1 - fixed]  # [H]
+    with torch.no_grad():
+        r = -alpha1 / beta1
+        r = r[r.isfinite()].sort().values  # the first layer's kinks
+        D1 = alpha1 + _inside(r)[:, None] * beta1 > 0  # [len(r) + 1, H] on each of its pieces
+        s = -((D1 * alpha1) @ W2.T + b2) / ((D1 * beta1) @ W2.T)  # where the second layer's units cross 0 there
+        inf = r.new_ones(1) * math.inf
+        lo, hi = torch.cat([-inf, r])[:, None], torch.cat([r, inf])[:, None]
+        kinks = torch.cat([r, s[(lo < s) & (s < hi)]]).sort().values
+        z1 = alpha1 + _inside(kinks)[:, None] * beta1  # [K, H]
+        D1, D2 = z1 > 0, z1.clamp(min=0) @ W2.T + b2 > 0
+    a = (((D1 * alpha1) @ W2.T + b2) * D2) @ w3[0] + b3
+    c = (((D1 * beta1) @ W2.T) * D2) @ w3[0]
+    return kinks, a, c
 
 
 def lstm(cell: nn.LSTMCell, head: nn.Linear, x: Tensor) -> Tensor:
@@ -156,7 +180,26 @@ def lstm(cell: nn.LSTMCell, head: nn.Linear, x: Tensor) -> Tensor:
 
 
 def mlp(net: nn.Sequential, x: Tensor) -> Tensor:
-    """``net`` (Linear, ReLU, Linear, ReLU, Linear to 1) for every coordinate: [N, 2] -> [N]."""
+    """``net`` (Linear, ReLU, Linear, ReLU, Linear to 1) for every coordinate: [N, 2] -> [N]. Coordinates on the lines
+    x[0] = −1, x[1] = 1 and x[1] = −1 are computed by pieces (see the module docstring), any others through ``net``."""
     first, _, second, _, out = net
     with torch.autocast(x.device.type, enabled=False):
-        return _MLPFunction.apply(x, first.weight, first.bias, second.weight, second.bias, out.weight, out.bias)
+        x = x.float()
+        W1, b1, W2, b2, w3, b3 = _float32(first.weight, first.bias, second.weight, second.bias, out.weight, out.bias)
+        line = torch.full_like(x[:, 0], len(LINES), dtype=torch.long)  # the line of each coordinate, else len(LINES)
+        for i, (fixed, value) in reversed(list(enumerate(LINES))):
+            line.masked_fill_(x[:, fixed] == value, i)
+        k, t = torch.zeros_like(line), torch.where(line == 0, x[:, 1], x[:, 0])  # piece and position on the line
+        a, c = [], []
+        for i, (fixed, value) in enumerate(LINES):
+            kinks, a_i, c_i = _pieces(W1, b1, W2, b2, w3, b3, fixed, value)
+            on = (line == i).nonzero()[:, 0]
+            k[on] = torch.searchsorted(kinks, t[on]) + sum(map(len, a))  # numbered across the lines
+            a.append(a_i)
+            c.append(c_i)
+        y = _Pieces.apply(k, t, torch.cat(a), torch.cat(c))
+        off = (line == len(LINES)).nonzero()[:, 0]
+        if off.numel() == 0:
+            return y
+        h = torch.relu(torch.relu(x[off] @ W1.T + b1) @ W2.T + b2)
+        return y.index_put((off,), (h @ w3.T + b3)[:, 0])

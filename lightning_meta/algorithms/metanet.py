@@ -127,7 +127,8 @@ class WeightGenerator(nn.Module):
     """A meta-learner: for each parameter group (``conv``, ``fc``) a small network applied to every coordinate's
     preprocessed gradient. ``recurrent``: an LSTM that reads a sequence of gradients (d); else an MLP (m). Their
     parameters live in ``nn.LSTMCell``, ``nn.Linear`` and ``nn.Sequential``; they run through ``coordinatewise``, which
-    computes the same function with backward passes written for ~150,000 coordinates at a time."""
+    computes the same functions fast over ~150,000 coordinates at a time (the LSTM in chunks with a hand-written
+    backward pass, the MLP by pieces along the lines its inputs lie on)."""
 
     def __init__(self, hidden: int, recurrent: bool, steps: int = 1) -> None:
         super().__init__()

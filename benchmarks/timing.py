@@ -119,14 +119,19 @@ def compare_variants(description: str, kind: str, configs: dict[str, tuple[str, 
         for _ in range(args.repeats):
             for name, patch in variants.items():
                 rates[name].append(steps_per_second_in_child(run, patch))
-        medians = {name: statistics.median(r) for name, r in rates.items()}
-        print(config, {name: f"{rate:.3f} steps/s" for name, rate in medians.items()}, flush=True)
-        record({
-            "kind": kind, "algorithm": algorithm, "dataset": "omniglot", "split": "vinyals", **episode_shape(config),
-            "config": config, "rates": medians, "hardware": hardware(), "date": today(), "command": this_command(),
-            "note": f"Medians of {args.repeats} alternating processes of {steps} timed steps each (after "
-                    f"{args.warmup}), through `python train.py {' '.join(run)}`.",
-        })  # fmt: skip
+        record_rates(kind, algorithm, config, {name: statistics.median(r) for name, r in rates.items()},
+                     f"Medians of {args.repeats} alternating processes of {steps} timed steps each (after "
+                     f"{args.warmup}), through `python train.py {' '.join(run)}`.")
+
+
+def record_rates(kind: str, algorithm: str, config: str, rates: dict[str, float], note: str) -> None:
+    """Prints and records the training steps per second of a config under each variant."""
+    print(config, {name: f"{rate:.3f} steps/s" for name, rate in rates.items()}, flush=True)
+    record({
+        "kind": kind, "algorithm": algorithm, "dataset": "omniglot", "split": "vinyals", **episode_shape(config),
+        "config": config, "rates": rates, "hardware": hardware(), "date": today(), "command": this_command(),
+        "note": note,
+    })  # fmt: skip
 
 
 def built_from_config(config: str) -> tuple[pl.LightningModule, pl.LightningDataModule]:
@@ -179,11 +184,6 @@ def compare_interleaved(description: str, kind: str, configs: dict[str, tuple[st
                     optimizer.step()
                     if step >= args.warmup:
                         seconds[name] += time.perf_counter() - start
-        rates = {name: steps / s for name, s in seconds.items()}
-        print(config, {name: f"{rate:.3f} steps/s" for name, rate in rates.items()}, flush=True)
-        record({
-            "kind": kind, "algorithm": algorithm, "dataset": "omniglot", "split": "vinyals", **episode_shape(config),
-            "config": config, "rates": rates, "hardware": hardware(), "date": today(), "command": this_command(),
-            "note": f"One process, {torch.get_num_threads()} threads; the variants took turns step by step on the same "
-                    f"episodes, {steps} timed steps each (after {args.warmup}).",
-        })  # fmt: skip
+        record_rates(kind, algorithm, config, {name: steps / s for name, s in seconds.items()},
+                     f"One process, {torch.get_num_threads()} threads; the variants took turns step by step on the "
+                     f"same episodes, {steps} timed steps each (after {args.warmup}).")

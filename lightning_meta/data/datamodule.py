@@ -7,6 +7,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -45,6 +46,7 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
 
     group: str = "group"  # what a class group is called in this data set ("alphabet" for Omniglot)
     task: str = "classification"  # or "regression": episodes with real-valued targets and n_way 0
+    bright_on_dark: bool = False  # images are stored inverted (255 - pixel), as Omniglot's strokes bright on black
 
     def __init__(
         self,
@@ -163,9 +165,23 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
         n, k, q = self.shapes["train"]
         return {"n_way": n, "k_shot": k, "n_query": q, "tasks_per_batch": self.tasks_per_batch, "seed": self.seed}
 
-    def state_dict(self) -> dict[str, dict[str, int]]:
-        """Saved in every checkpoint (Lightning's hook), so that resuming can check the training episodes."""
-        return {"training_episodes": self.training_episodes()}
+    def preprocessing(self) -> dict[str, Any]:
+        """How an image file becomes a model input here: decoded to ``image_shape`` (grey or RGB, resized to a
+        square with Lanczos filtering), inverted where ``bright_on_dark``, then scaled to [0, 1] and normalised by
+        ``mean`` and ``std``. Saved in every checkpoint, so that the checkpoint alone can classify new images
+        (``lightning_meta.predict``). ``eval_transform`` is the evaluation transform's description, or None."""
+        transform = self.transforms["test"]
+        return {
+            "task": self.task, "image_shape": list(self.image_shape), "bright_on_dark": self.bright_on_dark,
+            "mean": None if self.mean is None else self.mean.flatten().tolist(),
+            "std": None if self.std is None else self.std.flatten().tolist(),
+            "eval_transform": None if transform is None else repr(transform),
+        }  # fmt: skip
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """Saved in every checkpoint (Lightning's hook): the training episodes, which resuming checks, and the
+        preprocessing, which prediction on new images repeats."""
+        return {"training_episodes": self.training_episodes(), "preprocessing": self.preprocessing()}
 
     def _trained_batches(self) -> int:
         """Training batches done so far; Lightning restores the count from a checkpoint, so a resumed run

@@ -170,6 +170,7 @@ class OmniglotDataModule(EpisodicDataModule):
     """
 
     group = "alphabet"
+    bright_on_dark = True  # the drawings are inverted when decoded (load_characters)
 
     def __init__(
         self,

@@ -16,9 +16,10 @@ from lightning_meta.algorithms import (
 from lightning_meta.data import EpisodicDataModule, OmniglotDataModule, SinusoidDataModule, SyntheticDataModule
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError, TrainingError
+from lightning_meta.predict import Prediction, classify
 
 __all__ = [
     "ALGORITHMS", "ConfigError", "Episode", "EpisodicDataModule", "MAML", "MANN", "MatchingNetwork", "MetaLearner",
-    "MetaLSTM", "MetaNet", "OmniglotDataModule", "ProtoNet", "RelationNetwork", "Reptile", "Siamese",
-    "SinusoidDataModule", "SyntheticDataModule", "TrainingError",
+    "MetaLSTM", "MetaNet", "OmniglotDataModule", "Prediction", "ProtoNet", "RelationNetwork", "Reptile", "Siamese",
+    "SinusoidDataModule", "SyntheticDataModule", "TrainingError", "classify",
 ]  # fmt: skip

@@ -18,10 +18,9 @@ from lightning_meta.data.store import write_atomic
 from lightning_meta.errors import ConfigError
 
 
-def read_checkpoint(path: str | Path, model: MetaLearner, resumed_data: Any = None) -> dict[str, Any]:
-    """Loads ``path`` without executing code (weights only) and checks that it was written by the same
-    algorithm with parameters of the same names and shapes as ``model``, and, for a run to be resumed on
-    ``resumed_data`` (an EpisodicDataModule), with the same training episodes."""
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at ``path``, loaded without executing code (weights only) onto the CPU; a missing or
+    unreadable file is one ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist; pass an existing .ckpt file or --ckpt_path last")
@@ -31,7 +30,22 @@ def read_checkpoint(path: str | Path, model: MetaLearner, resumed_data: Any = No
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"checkpoint {path} cannot be read ({reason}); it is truncated or not a Lightning "
                           f"checkpoint: pass another one (e.g. last.ckpt or a best-*.ckpt of the same run)") from None
-    written_by = checkpoint.get("lightning_meta", {}).get("algorithm") if isinstance(checkpoint, dict) else None
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"checkpoint {path} is not a Lightning checkpoint; pass a .ckpt file written by train.py")
+    return checkpoint
+
+
+def algorithm_of(checkpoint: dict[str, Any]) -> str | None:
+    """The name of the algorithm that wrote ``checkpoint`` (None: not written by lightning_meta)."""
+    return checkpoint.get("lightning_meta", {}).get("algorithm")
+
+
+def read_checkpoint(path: str | Path, model: MetaLearner, resumed_data: Any = None) -> dict[str, Any]:
+    """Loads ``path`` without executing code (weights only) and checks that it was written by the same
+    algorithm with parameters of the same names and shapes as ``model``, and, for a run to be resumed on
+    ``resumed_data`` (an EpisodicDataModule), with the same training episodes."""
+    checkpoint = load_checkpoint(path)
+    written_by = algorithm_of(checkpoint)
     if written_by != model.name:
         raise ConfigError(f"checkpoint {path} was written by {written_by or 'something other than lightning_meta'}, "
                           f"not {model.name}; use a checkpoint of a {model.name} run or the config that wrote it")

@@ -40,32 +40,41 @@ def displayable(images: Tensor) -> Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
 
 
-def episode_image(episode: Episode, predicted: Tensor, task: int = 0) -> Tensor:
+def episode_image(episode: Episode, predicted: Tensor, task: int = 0, queries_shown: int = QUERIES_SHOWN,
+                  class_names: list[str] | None = None, query_captions: list[str] | None = None) -> Tensor:
     """Task ``task`` of an image episode as one uint8 RGB image [3, H, W]: row n holds the support images of
-    class n and then up to ``QUERIES_SHOWN`` of its queries, framed green (predicted class n) or red (another
-    class, written below the query). ``predicted`` [T, NQ] are the chosen classes."""
+    class n and then up to ``queries_shown`` of its queries, framed green (predicted class n) or red (another
+    class, written below the query). ``predicted`` [T, NQ] are the chosen classes. ``class_names`` are written
+    in a column left of the rows, and ``query_captions`` (one per query) below the queries instead of the class."""
     support, query = displayable(episode.support[task]), displayable(episode.query[task])
     support_labels, query_labels = episode.support_labels[task].cpu(), episode.query_labels[task].cpu()
     predicted = predicted[task].cpu()
     n_way, (h, w) = episode.n_way, support.shape[-2:]
     shots = [torch.nonzero(support_labels == n).flatten() for n in range(n_way)]
-    queries = [torch.nonzero(query_labels == n).flatten()[:QUERIES_SHOWN] for n in range(n_way)]
+    queries = [torch.nonzero(query_labels == n).flatten()[:queries_shown] for n in range(n_way)]
     cell_w, cell_h = w + 2 * FRAME, h + 2 * FRAME + CAPTION
     gap = cell_w // 2  # between the support images and the queries of a row
     K, Q = max(len(s) for s in shots), max(len(q) for q in queries)
     canvas = Image.new("RGB", ((K + Q) * cell_w + gap, n_way * cell_h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    margin = 0 if class_names is None else int(max(draw.textlength(name) for name in class_names)) + 2 * FRAME
+    if margin:
+        canvas = Image.new("RGB", (canvas.width + margin, canvas.height), (255, 255, 255))
+        draw = ImageDraw.Draw(canvas)
     for n in range(n_way):
         top = n * cell_h
+        if class_names is not None:
+            draw.text((FRAME, top + h // 2), class_names[n], fill=(0, 0, 0))
         for k, i in enumerate(shots[n].tolist()):
-            left = k * cell_w
+            left = margin + k * cell_w
             draw.rectangle([left, top, left + cell_w - 1, top + h + 2 * FRAME - 1], fill=GREY)
             canvas.paste(to_pil_image(support[i]), (left + FRAME, top + FRAME))
         for j, i in enumerate(queries[n].tolist()):
-            left, right = K * cell_w + gap + j * cell_w, int(predicted[i]) == n
+            left, right = margin + K * cell_w + gap + j * cell_w, int(predicted[i]) == n
+            caption = str(int(predicted[i])) if query_captions is None else query_captions[i]
             draw.rectangle([left, top, left + cell_w - 1, top + h + 2 * FRAME - 1], fill=GREEN if right else RED)
             canvas.paste(to_pil_image(query[i]), (left + FRAME, top + FRAME))
-            draw.text((left + FRAME, top + h + 2 * FRAME), str(int(predicted[i])), fill=GREEN if right else RED)
+            draw.text((left + FRAME, top + h + 2 * FRAME), caption, fill=GREEN if right else RED)
     return pil_to_tensor(canvas)
 
 

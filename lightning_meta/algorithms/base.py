@@ -34,6 +34,16 @@ def attention_scale(scale: float, learn_scale: bool) -> nn.Parameter:
     return nn.Parameter(torch.tensor(float(scale)), requires_grad=learn_scale)
 
 
+def fixed_output_task(model: MetaLearner, n_classes: int, units: int, at_most: bool = False) -> None:
+    """For a model with one output unit per class: a task of ``n_classes`` classes must have exactly ``units`` of
+    them, or, ``at_most``, no more."""
+    if n_classes > units if at_most else n_classes != units:
+        need = f"at most {units}" if at_most else f"exactly {units}"
+        raise ConfigError(f"{type(model).__name__}'s output layer has {units} units, one per class, so a task needs "
+                          f"{need} classes (got {n_classes}); give {need} class folders, or train a model with "
+                          f"model.n_way {n_classes}")
+
+
 def register(cls: type[MetaLearner]) -> type[MetaLearner]:
     """Makes an algorithm findable by its ``name`` (``ALGORITHMS['protonet']``)."""
     ALGORITHMS[cls.name] = cls
@@ -124,6 +134,22 @@ class MetaLearner(pl.LightningModule, ABC):
     @abstractmethod
     def predict(self, episode: Episode) -> Tensor:
         """Query predictions for every task of the batch, shaped as in ``meta_loss``."""
+
+    calibrated: ClassVar[bool] = True  # predict's class scores are logits, so ``probabilities`` is a softmax
+
+    def probabilities(self, scores: Tensor) -> Tensor:
+        """Class probabilities [..., N] from ``predict``'s scores: a softmax over the classes, the scores being
+        log-probabilities up to a constant. An algorithm whose scores are not (``calibrated`` False) overrides it
+        to normalise its own scores instead."""
+        return scores.float().softmax(-1)
+
+    def check_task(self, shots: list[int]) -> None:
+        """Raises a ConfigError if this model cannot classify a task whose classes have ``shots[n]`` support
+        examples each (``lightning_meta.predict`` asks before it reads a query); any number of classes (at least
+        two) and of shots by default."""
+        if len(shots) < 2 or min(shots) < 1:
+            raise ConfigError(f"a task needs at least two classes with at least one support example each (got "
+                              f"{len(shots)} classes with {shots} examples)")
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
         loss, predictions = self.meta_loss(episode)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.algorithms.base import MetaLearner, fixed_output_task
 from lightning_meta.backbones import MetaBatchNorm, build_backbone, with_meta_batch_norm
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
@@ -64,6 +64,10 @@ class GradientLearner(MetaLearner):
     def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
         super().validate_setup(data, inference_mode, max_steps)
         self.check_n_way(data, self.hparams.n_way)
+
+    def check_task(self, shots: list[int]) -> None:
+        super().check_task(shots)
+        fixed_output_task(self, len(shots), self.hparams.n_way)
 
     def f(self, params: Params, x: Tensor) -> Tensor:
         """f_θ(x) with the parameters ``params`` in place of the module's own."""

@@ -22,7 +22,7 @@ every episode. With ``memory: false`` the same controller alone is the paper's L
 The paper writes the key itself, a_t = k_t, so one vector has to both find x_t's class in memory and carry the
 label that arrives with x_t (y_{t−1}, for the example before). ``add_vector: true`` writes a separate
 a_t = tanh(W_a h_t), the add vector of the Neural Turing Machine, as the public re-implementations do
-(tristandeleu/ntm-one-shot, snowkylin/ntm). On Omniglot it learns the binding faster (see configs/mann.yaml).
+(tristandeleu/ntm-one-shot, snowkylin/ntm). On Omniglot it learns the binding faster (docs/algorithms.md, MANN).
 
 Accuracy is reported by instance: ``acc_instance_n`` is the accuracy on the n-th example of a class in the
 sequence, i.e. after n − 1 labelled examples of it (the paper's table: 1st, 2nd, 3rd, 5th, 10th). ``acc`` is the
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import MetaLearner, register
+from lightning_meta.algorithms.base import MetaLearner, fixed_output_task, register
 from lightning_meta.backbones import build_backbone
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
@@ -167,8 +167,8 @@ class MANN(MetaLearner):
             key strength of the Neural Turing Machine's content addressing (the paper's equation has β = 1).
         add_vector: write a_t = tanh(W_a h_t) instead of the key (see the module docstring).
         compile_step: run each time step (controller, memory, output) through ``torch.compile`` (needs a C++
-            compiler on a CPU; about 30 s to compile for each batch shape, after which a training step on a 2-core
-            CPU takes about half the time: a step is a few hundred small operations, which the compiler fuses).
+            compiler on a CPU; it compiles once for each batch shape): a step is a few hundred small operations,
+            which the compiler fuses.
         **kwargs: optimiser settings, see :class:`MetaLearner`.
     """
 
@@ -209,6 +209,10 @@ class MANN(MetaLearner):
     def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
         super().validate_setup(data, inference_mode, max_steps)
         self.check_n_way(data, self.n_way)
+
+    def check_task(self, shots: list[int]) -> None:
+        super().check_task(shots)
+        fixed_output_task(self, len(shots), self.n_way)
 
     def forward(self, seq: EpisodeSequence) -> Tensor:
         """Logits [T, L, N] of every step of the sequences."""
@@ -257,7 +261,20 @@ class MANN(MetaLearner):
         return F.cross_entropy(logits.flatten(0, 1), seq.y.flatten())
 
     def predict(self, episode: Episode) -> Tensor:
-        return self.run(episode)[1]
+        """Query scores [T, NQ, N] with no query label shown: each query is classified on its own, at the end of
+        the support set shown as a labelled sequence (in an order drawn from the task's key), so it is the
+        (K + 1)-th instance of its class, as ``acc`` counts. Training and evaluation use ``run``."""
+        T, NK = episode.support_labels.shape
+        NQ = episode.query.shape[1]
+        order = torch.stack([torch.randperm(NK, generator=episode.generator(t, "sequence")) for t in range(T)])
+        order = order.to(episode.support.device)  # [T, NK]
+        support = episode.support.gather(1, order.view(T, NK, *[1] * (episode.support.dim() - 2))
+                                         .expand_as(episode.support))  # [T, NK, *x], shown in this order
+        labels = episode.support_labels.gather(1, order)  # [T, NK]
+        x = torch.cat([support[:, None].expand(T, NQ, *support.shape[1:]), episode.query[:, :, None]], dim=2)
+        y = torch.cat([labels[:, None].expand(T, NQ, NK), labels.new_zeros(T, NQ, 1)], dim=2)  # the query's is unused
+        seq = EpisodeSequence(x.flatten(0, 1), y.flatten(0, 1), y.new_zeros(T * NQ, NK + 1), episode.n_way)
+        return self.forward(seq)[:, -1].unflatten(0, (T, NQ))  # the prediction at each query's step
 
     @staticmethod
     def instance_accuracy(logits: Tensor, seq: EpisodeSequence, n: int) -> Tensor:

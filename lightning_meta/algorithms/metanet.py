@@ -28,12 +28,12 @@ Two changes from that code, both to how d and m start:
 
 - Their output layers start with N(0, 0.01²) weights, so that the first fast weights are a few hundredths, no larger
   than the slow ones. With the default initialisation they are of order 1 per coordinate, and five augmented
-  conv layers multiply the activations by hundreds each: the first losses are around 1e8.
+  conv layers multiply the activations by hundreds each: the first losses are enormous.
 - Their output biases start at minus their output for a zero gradient, so that a zero gradient gives a zero fast
   weight. Most coordinates' gradients are tiny and preprocess to about (−1, 0), so otherwise nearly all fast weights
   of a layer start at one value; where it is negative, ReLU(W* x) of the non-negative inputs is zero everywhere, no
-  gradient reaches the network that made them, and it never learns. With seed 0, m's network for the conv weights
-  got exactly zero gradient through whole training runs (every fast conv weight about −0.007 at the start).
+  gradient reaches the network that made them, and it never learns (m's network for the conv weights can get
+  exactly zero gradient through a whole training run).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from lightning_meta.algorithms import coordinatewise
-from lightning_meta.algorithms.base import MetaLearner, attention_scale, register
+from lightning_meta.algorithms.base import MetaLearner, attention_scale, fixed_output_task, register
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
 
@@ -68,8 +68,8 @@ class FastWeightNet(nn.Module):
 
     The weights start N(0, gain² / fan_in) with ``init="lecun"``, gain 1: Chainer's default, which the paper's code
     used. ``"he"`` takes gain √2 for the layers before a ReLU (1 for fc2), so that the activations keep their scale
-    through the blocks. ``"torch"`` is PyTorch's default, U(±1 / √fan_in), under which each block about halves them
-    (this code's initialisation before the option, which the results of earlier MetaNet runs used)."""
+    through the blocks. ``"torch"`` is PyTorch's default, U(±1 / √fan_in), under which each block about halves
+    them."""
 
     def __init__(self, image_shape: tuple[int, ...], hidden: int, blocks: int, n_out: int,
                  init: str = "lecun") -> None:
@@ -209,6 +209,10 @@ class MetaNet(MetaLearner):
     def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
         super().validate_setup(data, inference_mode, max_steps)
         self.check_n_way(data, self.n_way, at_most=True)
+
+    def check_task(self, shots: list[int]) -> None:
+        super().check_task(shots)
+        fixed_output_task(self, len(shots), self.n_way, at_most=True)
 
     @staticmethod
     def per_example_gradients(net: FastWeightNet, x: Tensor, y: Tensor, n_way: int) -> dict[str, Tensor]:

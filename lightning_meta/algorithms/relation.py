@@ -83,6 +83,18 @@ class RelationNetwork(MetricLearner):
         y = F.one_hot(labels, n_way).to(z_support.dtype)  # [T, NK, N]
         return torch.einsum("tsn,tschw->tnchw", y, z_support)
 
+    calibrated = False  # relation scores are regressed to 1 or 0 one class at a time, not a distribution
+
+    def probabilities(self, scores: Tensor) -> Tensor:
+        """The relation scores normalised to sum to 1 over the classes."""
+        return scores.float().clamp_min(0) / scores.float().clamp_min(0).sum(-1, keepdim=True).clamp_min(1e-12)
+
+    def check_task(self, shots: list[int]) -> None:
+        super().check_task(shots)
+        if len(set(shots)) > 1:
+            raise ConfigError(f"the Relation Network sums the feature maps of each class's support images, so every "
+                              f"class needs the same number of them (got {shots}); give each class folder as many")
+
     def predict(self, episode: Episode) -> Tensor:
         z_support, z_query = self.embed(episode)  # [T, NK, C, H, W], [T, NQ, C, H, W]
         z_class = self.class_features(z_support, episode.support_labels, episode.n_way)  # [T, N, C, H, W]

@@ -71,6 +71,10 @@ class Siamese(MetricLearner):
         shots = F.one_hot(labels, n_way).sum(1)  # K of each class, [T, N]
         return logsumexp_by_class(log_p, labels, n_way) - shots.log()[:, None]
 
+    # the scores are log mean verification probabilities p(x̂, x_i), not log-probabilities of a class: their softmax
+    # (the base class's ``probabilities``) is those p normalised over the classes
+    calibrated = False
+
     def predict(self, episode: Episode) -> Tensor:
         z_support, z_query = self.embed(episode)  # [T, NK, D], [T, NQ, D]
         return self.one_shot_scores(z_support, z_query, episode.support_labels, episode.n_way)

@@ -19,7 +19,7 @@ CONFIGS = {  # config: (algorithm, timed steps)
     "reptile.yaml": ("reptile", 60), "mann.yaml": ("mann", 60), "metanet.yaml": ("metanet", 15),
     "meta_lstm.yaml": ("meta_lstm", 15),
 }  # fmt: skip
-VARIANTS = {"glibc default": "train.keep_freed_memory = lambda: False", "freed memory kept": ""}
+VARIANTS = {"glibc default": "cli.keep_freed_memory = lambda: False", "freed memory kept": ""}
 
 if __name__ == "__main__":
     timing.compare_variants(__doc__, "allocator", CONFIGS, VARIANTS, "/tmp/lightning_meta_allocator", repeats=2)

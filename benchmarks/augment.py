@@ -28,7 +28,7 @@ from jsonargparse import ArgumentParser
 from results import ROOT, hardware, record, this_command, today
 
 sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
+from lightning_meta import cli  # noqa: E402
 from lightning_meta.data import EpisodicDataModule  # noqa: E402
 
 VARIANTS = {"torchvision v2, image by image": "torchvision.transforms.v2",
@@ -82,7 +82,7 @@ def main() -> None:
         commands[name] = timing.timed_run_args(str(path), args.steps, args.warmup, 10, str(folder / "logs"))
     for _ in range(args.repeats):
         for name in VARIANTS:
-            train.main(commands[name])
+            cli.main(commands[name])
             training[name].append(timing.RATES[-1])
     steps = {name: statistics.median(r) for name, r in training.items()}
     ways, shots, queries = data.shapes["train"]

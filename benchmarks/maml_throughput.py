@@ -19,7 +19,7 @@ import timing
 from results import ROOT, hardware, record, this_command, today
 
 sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
+from lightning_meta import cli  # noqa: E402
 
 VARIANTS = {"second-order, vmap": ("false", "vmap"), "second-order, loop": ("false", "loop"),
             "first-order, vmap": ("true", "vmap"), "first-order, loop": ("true", "loop")}  # fmt: skip
@@ -39,7 +39,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(args.repeats):
         for name, (first_order, meta_batch) in VARIANTS.items():
-            train.main(train_py_args(first_order, meta_batch, args.steps, args.warmup))
+            cli.main(train_py_args(first_order, meta_batch, args.steps, args.warmup))
             rates[name].append(timing.RATES[-1])
     medians = {name: statistics.median(r) for name, r in rates.items()}
     for name, rate in medians.items():

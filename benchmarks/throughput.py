@@ -1,7 +1,7 @@
 """Training throughput of Prototypical Networks on Omniglot, three ways, in one process on the same machine:
 
-- through train.py's Lightning path (``train.main`` with a step-timing callback; the first ``warmup`` steps
-  are not timed),
+- through train.py's Lightning path (``lightning_meta.cli.main`` with a step-timing callback; the first ``warmup``
+  steps are not timed),
 - through a plain PyTorch loop over the same model, optimiser, schedule and episode tensors,
 - episode sampling alone (sampler, collation and uint8-to-float conversion, as the DataLoader runs them).
 
@@ -26,8 +26,7 @@ import torch
 from results import ROOT, hardware, record, this_command, today
 
 sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
-from lightning_meta import OmniglotDataModule, ProtoNet  # noqa: E402
+from lightning_meta import OmniglotDataModule, ProtoNet, cli  # noqa: E402
 from lightning_meta.episode import collate_episodes  # noqa: E402
 
 SHAPES = {"5w1s": (5, 1, 15, 300), "60w1s": (60, 1, 5, 100)}  # ways, shots, queries, timed steps
@@ -72,7 +71,7 @@ def main() -> None:
         lightning_args = train_py_args(ways, shots, queries, steps, args.warmup)
         plain_rates = []
         for _ in range(args.repeats):
-            train.main(lightning_args)
+            cli.main(lightning_args)
             plain_rates.append(plain_loop_rate(data, episodes, args.warmup))
         lightning, plain = statistics.median(timing.RATES[-args.repeats:]), statistics.median(plain_rates)
 

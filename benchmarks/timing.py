@@ -81,9 +81,10 @@ def timed_run_args(config: str, steps: int, warmup: int, test_episodes: int, log
 CHILD = """
 import sys
 sys.path[:0] = [{bench!r}, {root!r}]
-import timing, train
+import timing
+from lightning_meta import cli
 {patch}
-train.main({args!r})
+cli.main({args!r})
 print("STEPS_PER_SECOND", timing.RATES[-1])
 """
 

@@ -61,12 +61,27 @@ def test_fit_test_resume_and_test_only_on_omniglot(data_root, tmp_path):
 def test_a_version_folder_is_claimed_by_creating_it(tmp_path, monkeypatch):
     """Two runs started at the same moment: the second listed the folders before the first created version_0, and
     still gets version_1. (Before, both chose version_0 and the second stopped on the first one's config.yaml.)"""
-    import train as train_module  # this file's train() runs it as a subprocess
+    from lightning_meta import cli  # this file's train() runs train.py as a subprocess
 
     (tmp_path / "version_0").mkdir()
     monkeypatch.setattr(Path, "glob", lambda self, pattern: iter([]))  # the listing taken before version_0 existed
-    assert train_module.claim_version(tmp_path) == 1
+    assert cli.claim_version(tmp_path) == 1
     assert (tmp_path / "version_1").is_dir()
+
+
+def test_predict_first_goes_to_the_predict_command(monkeypatch):
+    """``train.py predict ...`` (and ``lightning-meta predict ...``): the rest of the line goes to
+    lightning_meta.predict.main, whose return value is the exit status."""
+    import types
+
+    from lightning_meta import cli
+
+    calls = []
+    fake = types.ModuleType("lightning_meta.predict")
+    fake.main = lambda args: calls.append(args) or 3
+    monkeypatch.setitem(sys.modules, "lightning_meta.predict", fake)
+    assert cli.entry_point(["predict", "--ckpt_path", "best.ckpt", "--query", "predict"]) == 3
+    assert calls == [["--ckpt_path", "best.ckpt", "--query", "predict"]]
 
 
 def test_resume_mid_epoch_is_bitwise_exact(tmp_path):

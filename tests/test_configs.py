@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from lightning_meta import ConfigError, EpisodicDataModule, MetaLearner  # noqa: E402
-from train import MetaCLI  # noqa: E402
+from lightning_meta.cli import MetaCLI  # noqa: E402
 
 
 class Built(Exception):

@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_cli import TINY
 
-import train
+from lightning_meta import cli
 from lightning_meta.episode import Episode
 from lightning_meta.pictures import CAPTION, FRAME, GREEN, GREY, RED, episode_image, inner_step_points
 
@@ -47,10 +47,10 @@ def test_inner_step_points():
 
 
 def run(config: str, tmp_path: Path, *args: str) -> Path:
-    train.main(["--config", config, "--data", "SyntheticDataModule", "--trainer.max_steps", "2",
-                "--data.batches_per_epoch", "2", "--data.val_episodes", "2", "--data.test_episodes", "4",
-                "--data.eval_tasks_per_batch", "2", "--data.tasks_per_batch", "2", *args,
-                "--log_root", str(tmp_path), *TINY])
+    cli.main(["--config", config, "--data", "SyntheticDataModule", "--trainer.max_steps", "2",
+              "--data.batches_per_epoch", "2", "--data.val_episodes", "2", "--data.test_episodes", "4",
+              "--data.eval_tasks_per_batch", "2", "--data.tasks_per_batch", "2", *args,
+              "--log_root", str(tmp_path), *TINY])
     return tmp_path / config.removesuffix(".yaml") / "version_0"
 
 

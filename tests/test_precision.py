@@ -10,7 +10,7 @@ from test_cli import TINY
 from test_distributed import CONFIGS
 from torch import nn
 
-import train
+from lightning_meta import cli
 from lightning_meta.algorithms import MAML
 
 
@@ -36,7 +36,7 @@ def test_every_algorithm_trains_in_bf16_mixed_precision(config, name, tmp_path, 
 
     hook = nn.modules.module.register_module_forward_hook(record)
     try:
-        metrics = train.main([
+        metrics = cli.main([
             "--config", config, "--data", "SyntheticDataModule", "--trainer.precision", "bf16-mixed",
             "--trainer.max_steps", "3", "--data.batches_per_epoch", "3", "--data.tasks_per_batch", "2",
             "--data.val_episodes", "2", "--data.test_episodes", "4", "--data.eval_tasks_per_batch", "2",

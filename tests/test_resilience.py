@@ -13,8 +13,7 @@ import torch
 from test_cli import ROOT, TINY, ok, state
 
 sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
-from lightning_meta import TrainingError  # noqa: E402
+from lightning_meta import TrainingError, cli  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 RUN = ["--config", "proto_synthetic.yaml", "--trainer.max_steps", 30, "--data.batches_per_epoch", 12,
@@ -134,7 +133,7 @@ def test_a_loss_that_is_no_longer_finite_stops_training_and_keeps_the_last_good_
 def test_every_algorithm_stops_on_a_loss_that_is_not_finite(config, name, tmp_path):
     """Each algorithm's Omniglot config on the synthetic set, weights poisoned after step 1: step 2 stops."""
     with pytest.raises(TrainingError, match=f"^{name}: the training loss is nan at step 1;"):
-        train.main(["--config", config, "--data", "SyntheticDataModule", "--trainer.max_steps", "4",
-                    "--data.batches_per_epoch", "4", "--data.val_episodes", "2", "--data.test_episodes", "2",
-                    "--data.eval_tasks_per_batch", "2", "--trainer.callbacks+=faults.PoisonWeights",
-                    "--trainer.callbacks.step", "1", "--log_root", str(tmp_path), *TINY])
+        cli.main(["--config", config, "--data", "SyntheticDataModule", "--trainer.max_steps", "4",
+                  "--data.batches_per_epoch", "4", "--data.val_episodes", "2", "--data.test_episodes", "2",
+                  "--data.eval_tasks_per_batch", "2", "--trainer.callbacks+=faults.PoisonWeights",
+                  "--trainer.callbacks.step", "1", "--log_root", str(tmp_path), *TINY])

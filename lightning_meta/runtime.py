@@ -14,11 +14,10 @@ def keep_freed_memory() -> bool:
 
     By default every tensor above a few MB gets fresh pages from the kernel (mmap) and returns them when freed, so
     each new activation pays a page fault per 4 KB before its first write. Here large blocks come from the heap
-    and freed memory stays in the process, at the price of keeping the peak memory until the process exits. On a
-    2-core VM, ProtoNet, MAML, first-order MAML and Meta Networks then train 1.3 to 1.5 times as many steps per
-    second (RESULTS.md, allocator); the other algorithms, whose tensors are small, run about as before. PyTorch's
-    CPU tuning guide gets the same from jemalloc or tcmalloc preloaded. Returns False (and changes nothing) where
-    the C library is not glibc.
+    and freed memory stays in the process, at the price of keeping the peak memory until the process exits. The
+    algorithms with large tensors (ProtoNet, MAML, first-order MAML, Meta Networks) gain the most; those whose
+    tensors are small run about as before (RESULTS.md, "Allocator"). PyTorch's CPU tuning guide gets the same from
+    jemalloc or tcmalloc preloaded. Returns False (and changes nothing) where the C library is not glibc.
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -112,7 +112,7 @@ def test_a_meta_batch_split_over_two_ranks_makes_the_update_of_one_process(confi
 
 
 def test_torchrun_starts_the_run_that_lightning_starts(tmp_path):
-    """The README's multi-node recipe on one machine: torchrun starts the 2 processes and Lightning takes the ranks
+    """The multi-node recipe of docs/distributed.md on one machine: torchrun starts the 2 processes and Lightning takes the ranks
     from their environment; the run trains the same weights as when Lightning starts the processes itself."""
     args = ["--config", "proto.yaml", *map(str, SMALL), *map(str, DDP)]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -3,7 +3,7 @@
 Meta Networks' meta-learners (metanet.py) run an LSTM (d) and an MLP (m) of 20 units on each of the ~150,000
 coordinates of the conv weights, for every task (m for every support example). Through autograd, every elementwise op
 of those networks writes and reads back a tensor of [coordinates, 80] floats, and the LSTM's tanh is slow on the CPU:
-the two took 1.9 s of a 2.0 s training step on a 2-core AVX2 CPU.
+through autograd the two take most of a training step (RESULTS.md, "Meta Networks' meta-learners").
 
 The LSTM runs over chunks of coordinates that stay in the cache, with the coordinates in the last dimension, keeps its
 activations for a hand-written backward pass, and computes its tanh as 2σ(2x) − 1.

@@ -15,10 +15,10 @@ where f' = g' = f_θ.
 
 The paper's attention has s = 1. A cosine lies in [−1, 1], so then the attention can never be sharp: in 5-way
 1-shot the true class gets at most e / (e + 4/e) ≈ 0.65 (cosines +1 and −1), and e / (e + 4) ≈ 0.40 with the
-nonnegative (ReLU) embeddings of conv4, so the loss never saturates and keeps pushing on solved episodes.
-Re-implementations of the literal formula reach about 92% on Omniglot 5-way 1-shot (ours: 86.6% in 24,000 episodes),
-far from the paper's 98.1. ``scale`` (s) and ``learn_scale`` give the softmax an inverse temperature, fixed or
-learned from its initial value, as the metric scaling of Oreshkin et al. (TADAM, NeurIPS 2018).
+nonnegative (ReLU) embeddings of conv4, so the loss never saturates and keeps pushing on solved episodes, and the
+literal formula falls well short of the paper's Omniglot results (RESULTS.md, rows "matching, s = 1"). ``scale``
+(s) and ``learn_scale`` give the softmax an inverse temperature, fixed or learned from its initial value, as the
+metric scaling of Oreshkin et al. (TADAM, NeurIPS 2018).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Augmentation of a whole stack of images in one call, every image with its own random parameters.
 
 A torchvision v2 transform draws one set of random parameters per call, so an episode's images are augmented
-one at a time: for random crop, flip and colour jitter that is about 0.6 ms an image of Python round trips, a
-third of a ProtoNet training step on CIFAR-FS on two CPU cores, and for the random affine distortions of the
-Siamese network 0.5 ms an image, a third of its step on Omniglot. The transforms here take images
+one at a time, each with its own Python round trips, which can take a large part of a training step (RESULTS.md,
+"Throughput": augmentation). The transforms here take images
 [*, C, H, W] (uint8 or float) and draw the parameters of each image independently; given the same parameters,
 each computes what the torchvision transform of the same name computes on one image, including the rounding of
 uint8 images after every colour operation. The episode sampler hands them all the images of an episode at once

@@ -73,6 +73,13 @@ def today() -> str:
     return datetime.date.today().isoformat()
 
 
+def commit() -> str:
+    """The commit of the code that ran, with ``+dirty`` when the tracked files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
 def command_line(args: list[str]) -> str:
     return shlex.join(["python", *[str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT)) else a for a in args]])
 
@@ -346,6 +353,20 @@ def render(records: list[dict]) -> str:
                          f"{bf16_acc[0]:.2f} ± {bf16_acc[1]:.2f} | {r['warmup'] + r['steps']} steps, "
                          f"{r['test_episodes']} test episodes | {r['hardware']} | {r['date']} |")
         lines += commands(scaling)
+    predictions = [r for r in records if r["kind"] == "predict"]
+    if predictions:
+        lines += ["## Prediction on your own images", "",
+                  "Lake's one-shot task done with `train.py predict` (docs/predict.md): for each of Omniglot's 20",
+                  "evaluation alphabets, a support folder of one drawing of each of 20 of its characters (all, where it",
+                  "has fewer) by one drawer, and a drawing of each by another drawer to classify, as PNG files.", "",
+                  "| algorithm | checkpoint | queries right | per alphabet | commit | hardware | date |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in predictions:
+            alphabets = ", ".join(f"{name} {c}/{n}" for name, (c, n) in r["per_alphabet"].items())
+            lines.append(f"| {r['algorithm']} | {r['checkpoint']} (step {r['global_step']}) | "
+                         f"**{r['correct']} / {r['queries']} ({100 * r['correct'] / r['queries']:.1f}%)** | "
+                         f"{alphabets} | {r['commit'][:12]} | {r['hardware']} | {r['date']} |")
+        lines += commands(predictions)
     throughput = [r for r in records if r["kind"] == "throughput"]
     if throughput:
         lines += ["## Throughput", "",

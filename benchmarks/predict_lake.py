@@ -8,6 +8,7 @@ gives the right character, per alphabet and in all.
 
     python benchmarks/predict_lake.py                      # trains proto_lake.yaml first (its closing test too)
     python benchmarks/predict_lake.py --checkpoint BEST    # a checkpoint of a proto_lake.yaml run
+    python benchmarks/predict_lake.py --checkpoint BEST --tasks_dir lake_tasks   # keep the folders to look at
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--log_root", default="lightning_logs/benchmarks")
     parser.add_argument("--seed", type=int, default=0, help="draws the characters and the two drawers")
     parser.add_argument("--note", default="", help="where a --checkpoint came from (the record's note)")
+    parser.add_argument("--tasks_dir", help="keep each alphabet's support and query folders here (a new folder)")
     args = parser.parse_args()
     zip_path = default_data_root() / "omniglot" / "images_evaluation.zip"
     if not zip_path.is_file():
@@ -69,7 +71,10 @@ def main() -> None:
     rng = random.Random(args.seed)
     per_alphabet = {}
     start = time.perf_counter()
+    if args.tasks_dir is not None and Path(args.tasks_dir).exists():
+        raise SystemExit(f"--tasks_dir {args.tasks_dir} exists already; name a new folder")
     with zipfile.ZipFile(zip_path) as archive, tempfile.TemporaryDirectory() as tmp:
+        tmp = args.tasks_dir or tmp
         alphabets = sorted({PurePosixPath(n).parts[1] for n in archive.namelist() if n.endswith(".png")})
         for alphabet in alphabets:
             folder = Path(tmp, alphabet)

@@ -313,3 +313,23 @@ def test_train_py_checkpoint_predicts_through_the_command_line(data_root, task_f
     missing = subprocess.run([*run, "predict", "--ckpt_path", str(tmp_path / "none.ckpt"), "--support", str(support),
                               "--query", str(query)], env=env, capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0 and "does not exist" in missing.stderr
+
+
+def test_the_readme_example_runs(task_files, tmp_path, monkeypatch, capsys):
+    """The README's Python example, run as written in a folder laid out as it says (JPEG images, a checkpoint)."""
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", readme, re.S)[1]
+    support, query, truth = task_files
+    for folder in (support, query):
+        for path in folder.rglob("*.png"):
+            target = tmp_path / "my_task" / folder.name / path.relative_to(folder).with_suffix(".jpg")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(path).convert("RGB").save(target)
+    checkpoints = tmp_path / "lightning_logs" / "proto" / "version_0" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    untrained(ProtoNet(SHAPE, hidden=8), checkpoints / "best-0-20.00.ckpt")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed] == sorted(Path(q).with_suffix(".jpg").name for q in truth)
+    assert all(line.split()[1] in GLYPHS and 0 < float(line.split()[2]) <= 1 for line in printed)

@@ -311,6 +311,8 @@ def render(records: list[dict]) -> str:
                          f"{r['test_episodes']} | {r['train_steps']} steps, {r['train_minutes']:.1f} min | "
                          f"{r['hardware']} | {r['date']} |")
         lines += commands(instances)
+    # The next four sections: one-off comparisons whose scripts have left benchmarks/ (docs/benchmarks.md names the
+    # commits that hold them); their texts describe the runs recorded, with the code of that time.
     lines += speed_up_section(
         [r for r in records if r["kind"] == "allocator"], "Allocator", ["glibc default", "freed memory kept"],
         ["Training steps per second of each config with glibc's default allocator and with",

@@ -54,10 +54,15 @@ def test_siamese_argmax_resolves_probabilities_that_round_to_one():
     assert model.score(model.predict(episode), episode).item() == 100.0
 
 
+def generators(episode: Episode) -> list[torch.Generator]:
+    """The generators of the verification pairs of each task, as Siamese.meta_loss takes them."""
+    return [episode.generator(t, "pairs") for t in range(episode.support.shape[0])]
+
+
 def test_verification_pairs_are_balanced_distinct_and_correctly_labelled():
     torch.manual_seed(0)
     labels = torch.stack([torch.arange(4).repeat_interleave(3)[torch.randperm(12)] for _ in range(3)])  # [3, 12]
-    first, second, same = verification_pairs(labels)
+    first, second, same = verification_pairs(labels, [torch.Generator().manual_seed(t) for t in range(3)])
     # 4 classes of 3: 4 * 3 = 12 same-class pairs, 6 * 9 = 54 different-class ones; P = 12
     assert first.shape == second.shape == same.shape == (3, 24)
     assert (same.sum(1) == 12).all()
@@ -65,6 +70,44 @@ def test_verification_pairs_are_balanced_distinct_and_correctly_labelled():
         assert (same[t] == (labels[t, first[t]] == labels[t, second[t]])).all()
         pairs = {(int(a), int(b)) for a, b in zip(first[t], second[t])}
         assert len(pairs) == 24 and all(a < b for a, b in pairs)
+
+
+def test_verification_pairs_are_drawn_uniformly():
+    """2 classes of 3: all 6 same-class pairs, and 6 of the 9 different-class ones, each with probability 2/3: over
+    the tasks of 900 keys each is drawn 600 times, give or take 14 (binomial)."""
+    labels = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    counts = torch.zeros(6, 6)
+    for key in range(900):
+        first, second, same = verification_pairs(labels, [torch.Generator().manual_seed(key)])
+        assert same.sum() == 6
+        counts[first[0], second[0]] += 1
+    different = counts[:3, 3:]
+    assert counts[:3, :3].triu(1).sum() == counts[3:, 3:].triu(1).sum() == 3 * 900  # every same-class pair, always
+    assert ((different - 600).abs() < 5 * 14.2).all(), different
+
+
+def test_siamese_pairs_depend_on_the_task_key_alone():
+    """A task's verification pairs come from its own generator (Episode.generator), never from the global RNG: the
+    same whatever the global RNG's state (so on any rank and after a resume), the same for two tasks of one key,
+    other pairs for another key. (With torch.rand, reseeding the global RNG changed them.)"""
+    labels = torch.arange(5).repeat(2)  # 5 classes of 2: all 5 same-class pairs, 5 of the 40 different-class ones
+    episode = Episode(torch.randn(3, 5, 3), labels[:5].expand(3, 5), torch.randn(3, 5, 3), labels[5:].expand(3, 5),
+                      5, keys=torch.tensor([7, 8, 7]))
+    drawn = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        drawn.append(verification_pairs(labels.expand(3, 10), generators(episode)))
+    assert all(torch.equal(a, b) for a, b in zip(*drawn))
+    first, second, _ = drawn[0]
+    pairs = [set(zip(first[t].tolist(), second[t].tolist())) for t in range(3)]
+    assert pairs[0] == pairs[2] and pairs[0] != pairs[1]
+
+    model = Siamese(image_shape=(3,), backbone="mlp")
+    losses = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        losses.append(model.meta_loss(episode)[0])
+    assert torch.equal(losses[0], losses[1])
 
 
 def test_siamese_training_loss_is_the_balanced_binary_cross_entropy():
@@ -75,10 +118,8 @@ def test_siamese_training_loss_is_the_balanced_binary_cross_entropy():
     model.alpha = nn.Linear(3, 1)
     episode = Episode(torch.randn(1, 4, 3), torch.tensor([[0, 0, 1, 1]]), torch.randn(1, 2, 3),
                       torch.tensor([[1, 0]]), 2)
-    torch.manual_seed(1)
     loss, _ = model.meta_loss(episode)
-    torch.manual_seed(1)
-    first, second, same = verification_pairs(torch.tensor([[0, 0, 1, 1, 1, 0]]))
+    first, second, same = verification_pairs(torch.tensor([[0, 0, 1, 1, 1, 0]]), generators(episode))
     x = torch.cat([episode.support, episode.query], 1)[0]
     expected = 0.0
     for a, b, s in zip(first[0], second[0], same[0]):

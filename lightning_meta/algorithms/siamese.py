@@ -26,13 +26,15 @@ from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
 
 
-def verification_pairs(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def verification_pairs(labels: Tensor, generators: list[torch.Generator]) -> tuple[Tensor, Tensor, Tensor]:
     """Balanced verification pairs among the examples of each task: every task gets P same-class and P
-    different-class pairs of distinct examples, drawn uniformly without replacement, with P the smaller of the
-    two counts available.
+    different-class pairs of distinct examples, drawn uniformly without replacement from its own generator, with P
+    the smaller of the two counts available.
 
     Args:
         labels: [T, M] the class of each example.
+        generators: one CPU generator per task (``Episode.generator``), so that a task gets the same pairs in any
+            batch, on any rank and after a resume.
     Returns:
         first [T, 2P], second [T, 2P] (example indices) and same [T, 2P] (True for a same-class pair).
     """
@@ -40,7 +42,8 @@ def verification_pairs(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     first, second = torch.triu_indices(M, M, offset=1, device=labels.device)  # every unordered pair, [M(M-1)/2]
     same = labels[:, first] == labels[:, second]  # [T, M(M-1)/2]
     P = int(min(same.sum(1).min(), (~same).sum(1).min()))
-    keys = torch.rand(same.shape, device=labels.device)  # a random order of the pairs of each task
+    # a random order of the pairs of each task, from the task's own generator
+    keys = torch.stack([torch.rand(first.shape[0], generator=g) for g in generators]).to(labels.device)
     chosen = torch.cat([keys.masked_fill(~same, -1).topk(P, dim=1).indices,  # P same-class pairs
                         keys.masked_fill(same, -1).topk(P, dim=1).indices], dim=1)  # P different-class pairs
     return first[chosen], second[chosen], same.gather(1, chosen)
@@ -82,7 +85,8 @@ class Siamese(MetricLearner):
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         z_support, z_query = self.embed(episode)
         z = torch.cat([z_support, z_query], dim=1)  # every labelled image of the episode, [T, M, D]
-        first, second, same = verification_pairs(torch.cat([episode.support_labels, episode.query_labels], dim=1))
+        labels = torch.cat([episode.support_labels, episode.query_labels], dim=1)
+        first, second, same = verification_pairs(labels, [episode.generator(t, "pairs") for t in range(z.shape[0])])
         task = torch.arange(z.shape[0], device=z.device)[:, None]
         logits = self.logit(z[task, first], z[task, second])  # [T, 2P]
         loss = F.binary_cross_entropy_with_logits(logits, same.to(logits.dtype))

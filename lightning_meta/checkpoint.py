@@ -14,8 +14,8 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_meta.algorithms.base import MetaLearner
-from lightning_meta.data.store import write_atomic
 from lightning_meta.errors import ConfigError
+from lightning_meta.io import write_atomic
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -39,9 +39,9 @@ from torchvision.transforms.v2.functional import to_pil_image
 from lightning_meta.algorithms import ALGORITHMS, MetaLearner
 from lightning_meta.checkpoint import algorithm_of, load_checkpoint
 from lightning_meta.data.folder import IMAGE_SUFFIXES
-from lightning_meta.data.store import DataError, decode_image, image_array
+from lightning_meta.data.store import decode_image, image_array
 from lightning_meta.episode import Episode
-from lightning_meta.errors import ConfigError
+from lightning_meta.errors import ConfigError, DataError
 from lightning_meta.pictures import episode_image
 
 ImageLike = str | Path | Image.Image

@@ -55,7 +55,7 @@ WRITER = """
 import sys, torch
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from lightning_meta.data.store import write_atomic
+from lightning_meta.io import write_atomic
 path = Path({path!r})
 for i in range(1, 10**6):
     write_atomic({{"version": torch.full((1_000_000,), i)}}, path)

@@ -7,9 +7,10 @@ from lightning_meta.data.miniimagenet import MiniImageNetDataModule
 from lightning_meta.data.omniglot import OmniglotDataModule
 from lightning_meta.data.sampler import EpisodeSampler, EpisodeSchedule
 from lightning_meta.data.sinusoid import SinusoidDataModule, SinusoidTasks
-from lightning_meta.data.store import ClassStore, DataError
+from lightning_meta.data.store import ClassStore
 from lightning_meta.data.synthetic import SyntheticDataModule
 from lightning_meta.episode import episode_seed
+from lightning_meta.errors import DataError
 
 __all__ = [
     "CIFARFewShotDataModule", "ClassFolderDataModule", "ClassStore", "DataError", "EpisodeSampler", "EpisodeSchedule",

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from lightning_meta.data.store import DataError
+from lightning_meta.errors import DataError
 
 
 class BatchTransform(nn.Module):

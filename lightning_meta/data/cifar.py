@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from lightning_meta.data.folder import ClassFolderDataModule
-from lightning_meta.data.store import ClassStore, DataError, image_array
+from lightning_meta.data.store import ClassStore, image_array
+from lightning_meta.errors import DataError
 
 SUPERCLASSES = {  # CIFAR-100's 20 superclasses and their fine classes
     "aquatic_mammals": ("beaver", "dolphin", "otter", "seal", "whale"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,14 +14,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_meta.data.sampler import EpisodeSampler, EpisodeSchedule
-from lightning_meta.data.store import ClassStore, DataError
+from lightning_meta.data.store import ClassStore
 from lightning_meta.episode import Episode, collate_episodes
+from lightning_meta.errors import DataError
 
 SUBSETS = ("train", "val", "test")
-
-# Lightning warns that a mid-epoch checkpoint cannot resume a loader without `state_dict`; ours needs none:
-# the EpisodeSchedule derives its position from the batch count that Lightning itself restores.
-warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def default_data_root() -> Path:

@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from lightning_meta.data.datamodule import SUBSETS, EpisodicDataModule, default_data_root
-from lightning_meta.data.store import ClassStore, DataError, cache_folder, decode_image, load_cached, save_atomic
+from lightning_meta.data.store import ClassStore, cache_folder, decode_image
+from lightning_meta.errors import DataError
+from lightning_meta.io import load_cached, save_atomic
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 CACHE_VERSION = 1

@@ -21,7 +21,8 @@ from PIL import Image
 
 from lightning_meta.data.datamodule import SUBSETS
 from lightning_meta.data.folder import ClassFolderDataModule, load_stores
-from lightning_meta.data.store import ClassStore, DataError, image_array
+from lightning_meta.data.store import ClassStore, image_array
+from lightning_meta.errors import DataError
 
 PICKLE = "mini-imagenet-cache-{}.pkl"
 

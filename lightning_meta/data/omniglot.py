@@ -22,7 +22,9 @@ import torch
 from torch import Tensor
 
 from lightning_meta.data.datamodule import EpisodicDataModule, default_data_root
-from lightning_meta.data.store import ClassStore, DataError, cache_folder, decode_image, load_cached, save_atomic
+from lightning_meta.data.store import ClassStore, cache_folder, decode_image
+from lightning_meta.errors import DataError
+from lightning_meta.io import load_cached, save_atomic
 
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 ARCHIVES = ("images_background", "images_evaluation")

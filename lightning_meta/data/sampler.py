@@ -17,8 +17,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_meta.data.augment import is_batched
-from lightning_meta.data.store import ClassStore, DataError
+from lightning_meta.data.store import ClassStore
 from lightning_meta.episode import Episode, episode_seed
+from lightning_meta.errors import DataError
 
 
 class EpisodeSampler(Dataset[Episode]):

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_meta.data.datamodule import EpisodicDataModule
-from lightning_meta.data.store import DataError
+from lightning_meta.errors import DataError
 from lightning_meta.episode import Episode, episode_seed
 
 

@@ -12,11 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from lightning_meta.errors import ConfigError
-
-
-class DataError(ConfigError):
-    """Bad data or data settings; the message says what is wrong and how to fix it."""
+from lightning_meta.errors import DataError
 
 
 @dataclass
@@ -111,38 +107,3 @@ def cache_folder(data_folder: Path, cache_dir: str | os.PathLike | None, name: s
     if os.access(data_folder, os.W_OK):
         return data_folder
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lightning_meta" / name
-
-
-def load_cached(path: Path, fingerprint: list) -> dict | None:
-    """The cached dict at ``path`` if it was saved with this fingerprint; an unreadable or stale cache is
-    ignored (and rebuilt by the caller), never trusted."""
-    if not path.is_file():
-        return None
-    try:
-        cached = torch.load(path, weights_only=True)
-    except Exception:
-        return None
-    return cached if cached.get("fingerprint") == fingerprint else None
-
-
-def write_atomic(obj: object, path: Path) -> None:
-    """``torch.save(obj, path)`` through a temporary file beside ``path``, flushed to disk and then renamed over
-    it: a process killed while writing leaves ``path`` as it was, never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    """Writes a cache with ``write_atomic``; a cache we cannot write only costs the decoding time next run."""
-    try:
-        write_atomic(obj, path)
-    except OSError:
-        pass

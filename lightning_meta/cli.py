@@ -10,22 +10,26 @@
     lightning-meta predict --ckpt_path best.ckpt --support DIR --query DIR
 
 ``python train.py ...`` in a checkout is the same command. Runs are written under ``--log_root`` (default
-``lightning_logs``, relative to the working directory).
+``lightning_logs``, relative to the working directory). The command first has glibc keep freed memory for reuse
+(``lightning_meta.runtime.keep_freed_memory``; ``LIGHTNING_META_KEEP_FREED_MEMORY=0`` turns that off) and silences
+warnings that do not apply to its runs (:func:`quiet`); importing lightning_meta does neither.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import os
-import re
 import sys
 import warnings
 from importlib import resources
 from pathlib import Path
+from typing import Any, Literal, NamedTuple, get_args, get_origin, get_type_hints
 
 import torch
-from jsonargparse import ArgumentError
+import yaml
+from jsonargparse import ArgumentError, ArgumentParser, get_loader
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -58,8 +62,9 @@ CONFIGS = packaged_configs()
 METRICS = {"classification": "acc", "regression": "mse"}  # the evaluation metric of each kind of episode
 BEST = {"val/acc": "max", "val/mse": "min"}
 DIGITS = {"val/acc": 2, "val/mse": 4, "test/acc": 2, "test/mse": 4}
-warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
-logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
+# the settings that choose a class: the base class, and what a message calls the choice
+GROUPS = {"model": (MetaLearner, "algorithm"), "data": (EpisodicDataModule, "data module")}
+KEEP_FREED_MEMORY = "LIGHTNING_META_KEEP_FREED_MEMORY"  # "0": leave glibc's malloc as it is
 
 
 class MetaCLI(LightningCLI):
@@ -70,6 +75,15 @@ class MetaCLI(LightningCLI):
         parser.add_argument("--test_only", type=bool, default=False, help="only test the checkpoint in --ckpt_path")
         parser.add_argument("--checkpoint_every", type=int, default=500, help="write last.ckpt every this many steps")
         parser.add_argument("--log_root", type=str, default="lightning_logs", help="where runs are written")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
+        """Parses as LightningCLI does; where jsonargparse refuses the settings, :func:`check_settings` names the
+        problem and the fix in a ConfigError (else jsonargparse's ArgumentError goes on)."""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError:
+            check_settings(args)
+            raise
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """Checks data and checkpoint first, so that bad input is one line before anything is written."""
@@ -173,29 +187,145 @@ def find_config(args: list[str]) -> list[str]:
     return args
 
 
-def explain(error: ArgumentError) -> str:
-    """jsonargparse's message, shortened to the key at fault where it names one."""
-    message = " ".join(str(error).split())
-    unknown = re.search(r"class_path '[\w.]*?(\w+)': Option '([\w.]+)' is not accepted", message)
-    if unknown:
-        return f"{unknown[1]} has no setting '{unknown[2]}'; check its spelling (--print_config lists every setting)"
-    wrong_type = re.search(r"class_path '[\w.]*?(\w+)': Parser key \"([\w.]+)\": Expected a <class '(\w+)'>\. "
-                           r"Got value: (.*?) - ", message)
-    if wrong_type:
-        return f"{wrong_type[1]} setting '{wrong_type[2]}' must be a {wrong_type[3]}, not '{wrong_type[4]}'"
-    unknown_class = re.search(r"Parser key \"(model|data)\": .*?Expected a dot import path string: (\S+)", message)
-    if unknown_class:
-        base = MetaLearner if unknown_class[1] == "model" else EpisodicDataModule
-        choices = sorted(c.__name__ for c in subclasses(base) if not inspect.isabstract(c))
-        what = "algorithm" if unknown_class[1] == "model" else "data module"
-        return f"unknown {what} '{unknown_class[2]}' for --{unknown_class[1]}; choose one of {', '.join(choices)}"
-    missing = re.search(r"Parser key \"config\": File does not exist: '(.*?)'", message)
-    if missing:
-        return f"config file {Path(missing[1]).name} not found, neither as a path nor in {CONFIGS}; check the name"
-    if message.startswith("Problems parsing config"):
-        reason = message.split(":", 1)[1].strip().replace('in "<unicode string>", ', "")
-        return f"a config is not valid YAML ({reason}); fix the file given to --config"
-    return message
+class Setting(NamedTuple):
+    """One model or data setting as given: the choice of class (``key`` None, its name in ``value``) or one of the
+    class's arguments, typed on the command line (``text``) or read from a config file."""
+
+    group: str  # model or data
+    key: str | None
+    value: Any
+    text: bool = False
+
+
+def check_settings(args: list[str]) -> None:
+    """Checks the config files and the model and data settings of the command line ``args`` in the order
+    jsonargparse applies them, and raises a ConfigError naming the first problem: a config file that is missing or
+    not YAML, an unknown algorithm or data module, a setting its class does not have, a value of the wrong type.
+    Called where jsonargparse refused ``args``, whose own messages speak of its internals."""
+    chosen: dict[str, type] = {}
+    for setting in class_settings(args):
+        base, what = GROUPS[setting.group]
+        if setting.key is None:
+            chosen[setting.group] = find_class(setting.value, base)
+            if chosen[setting.group] is None:
+                choices = sorted(c.__name__ for c in subclasses(base) if not inspect.isabstract(c))
+                raise ConfigError(f"unknown {what} '{setting.value}' for --{setting.group}; choose one of "
+                                  f"{', '.join(choices)}")
+        elif setting.group in chosen:
+            check_argument(chosen[setting.group], setting)
+
+
+def class_settings(args: list[str]) -> list[Setting]:
+    """The model and data settings of ``args`` in order, those of a config file where the file is given."""
+    settings = []
+    for key, value in options(args):
+        group, _, name = key.partition(".")
+        if key == "config":
+            config = read_config(Path(value))
+            settings += [setting for part in GROUPS for setting in group_settings(part, config.get(part))]
+        elif group in GROUPS and name:
+            settings.append(Setting(group, name.removeprefix("init_args."), value, text=True))
+        elif group in GROUPS:
+            settings += group_settings(group, loaded(value))
+    return settings
+
+
+def options(args: list[str]) -> list[tuple[str, str]]:
+    """The options of a command line as (key, value) pairs, from ``--key value``, ``--key=value`` and
+    ``-c FILE`` (a value may begin with a single ``-``: ``--model.lr -0.1``)."""
+    args = ["--config" if arg == "-c" else arg for arg in args]
+    pairs = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--"):
+            key, given, value = arg[2:].partition("=")
+            if not given and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+            pairs.append((key, value))
+    return pairs
+
+
+def loaded(value: str) -> Any:
+    """A value of the command line as jsonargparse reads it (YAML), or the text itself where it is not YAML."""
+    try:
+        return get_loader("yaml")(value)
+    except yaml.YAMLError:
+        return value
+
+
+def read_config(path: Path) -> dict:
+    """The settings of the config file ``path``, read as jsonargparse reads it; a missing file or one that is not
+    YAML is a ConfigError."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path.name} not found, neither as a path nor in {CONFIGS}; check the name")
+    try:
+        config = get_loader("yaml")(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = "" if mark is None else f", line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError(f"config file {path} is not valid YAML ({getattr(error, 'problem', None) or error}{where}); "
+                          f"fix the file given to --config") from None
+    return config if isinstance(config, dict) else {}
+
+
+def group_settings(group: str, value: Any) -> list[Setting]:
+    """The settings in a config's ``model`` or ``data``: a class name, or its class_path and init_args."""
+    if isinstance(value, str):
+        return [Setting(group, None, value)]
+    if not isinstance(value, dict):
+        return []
+    chosen = [Setting(group, None, value["class_path"])] if "class_path" in value else []
+    return chosen + [Setting(group, key, v) for key, v in (value.get("init_args") or {}).items()]
+
+
+def find_class(name: str, base: type) -> type | None:
+    """The subclass of ``base`` that jsonargparse takes ``name`` for: by its name or by an import path."""
+    for cls in subclasses(base):
+        if name in (cls.__name__, f"{cls.__module__}.{cls.__qualname__}"):
+            return cls
+    module, _, attribute = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, base) else None
+
+
+def check_argument(cls: type, setting: Setting) -> None:
+    """Raises a ConfigError where ``cls`` has no argument of the setting's name (as jsonargparse resolves the
+    arguments of a class), or where the value does not pass jsonargparse's check of the argument's type."""
+    name = setting.key.split(".")[0]  # a setting inside an argument (--data.train_transform...) at its argument
+    arguments = ArgumentParser(exit_on_error=False)
+    arguments.add_class_arguments(cls, fail_untyped=False)
+    if name not in arguments.get_defaults():
+        raise ConfigError(f"{cls.__name__} has no setting '{name}'; check its spelling (--print_config lists every "
+                          f"setting)")
+    hint = argument_type(cls, name)
+    if hint is None or name != setting.key:
+        return
+    one = ArgumentParser(exit_on_error=False)
+    one.add_argument("--value", type=hint)
+    try:
+        one.parse_args([f"--value={setting.value}"]) if setting.text else one.parse_object({"value": setting.value})
+    except ArgumentError:
+        raise ConfigError(f"{cls.__name__} setting '{name}' must be {described(hint)}, not '{setting.value}'") from None
+
+
+def argument_type(cls: type, name: str) -> Any:
+    """The annotation of the argument ``name`` of ``cls``: in the first ``__init__`` of its method resolution order
+    that names it (the others pass it on through ``**kwargs``); None where it has none."""
+    for klass in cls.__mro__:
+        if name in inspect.signature(klass.__init__).parameters:
+            return get_type_hints(klass.__init__).get(name)
+    return None
+
+
+def described(hint: Any) -> str:
+    """A type as a message names it: 'a float', 'an int', "one of 'vmap', 'loop'", 'of type tuple[int, ...]'."""
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(choice) for choice in get_args(hint))
+    if isinstance(hint, type) and get_origin(hint) is None:
+        return ("an " if hint.__name__[0] in "aeiou" else "a ") + hint.__name__
+    return "of type " + str(hint).replace("typing.", "")
 
 
 def subclasses(cls: type) -> list[type]:
@@ -209,8 +339,25 @@ def config_error_in(error: BaseException | None) -> ConfigError | None:
     return error
 
 
+def quiet() -> None:
+    """Silences the warnings that do not apply to the command line's runs (set here, for the command line only)."""
+    # LightningCLI's note for arguments given to main() rather than on the command line
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    # a checkpoint written mid-epoch cannot resume a loader without `state_dict`, Lightning warns; ours needs none:
+    # the EpisodeSchedule derives its position from the batch count that Lightning itself restores
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    # under DDP Lightning recommends sync_dist for metrics logged per epoch; ours are reduced over the ranks already
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
+    logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)  # "Seed set to 0", every run
+
+
 def main(args: list[str] | None = None) -> dict[str, float]:
-    keep_freed_memory()
+    """Trains and tests (or, with ``--test_only``, tests) as the command line ``args`` say; returns the test
+    metrics. First applies the command line's process settings: :func:`quiet`, and ``keep_freed_memory`` (RESULTS.md,
+    "Allocator") unless the environment sets ``LIGHTNING_META_KEEP_FREED_MEMORY=0``."""
+    quiet()
+    if os.environ.get(KEEP_FREED_MEMORY, "1") != "0":
+        keep_freed_memory()
     cli = MetaCLI(MetaLearner, EpisodicDataModule, subclass_mode_model=True, subclass_mode_data=True,
                   args=find_config(sys.argv[1:] if args is None else args), run=False,
                   parser_kwargs={"exit_on_error": False}, save_config_kwargs={"overwrite": False})
@@ -251,7 +398,7 @@ def entry_point(args: list[str] | None = None) -> int:
         if (cause := config_error_in(error)) is not None:
             return fail(" ".join(str(cause).split()))
         if isinstance(error, ArgumentError):
-            return fail(explain(error))
+            return fail(" ".join(str(error).split()))
         raise
     return 0
 

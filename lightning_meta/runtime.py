@@ -1,4 +1,5 @@
-"""Process settings that make training faster on the CPU."""
+"""Process settings that make training faster on the CPU. The command line (``lightning_meta.cli``) applies them;
+nothing else in the library calls them, so a program that imports lightning_meta keeps its process as it was."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def keep_freed_memory() -> bool:
     and freed memory stays in the process, at the price of keeping the peak memory until the process exits. The
     algorithms with large tensors (ProtoNet, MAML, first-order MAML, Meta Networks) gain the most; those whose
     tensors are small run about as before (RESULTS.md, "Allocator"). PyTorch's CPU tuning guide gets the same from
-    jemalloc or tcmalloc preloaded. Returns False (and changes nothing) where the C library is not glibc.
+    jemalloc or tcmalloc preloaded (``LD_PRELOAD``). The command line calls it first unless the environment sets
+    ``LIGHTNING_META_KEEP_FREED_MEMORY=0``. Returns False (and changes nothing) where the C library is not glibc.
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -185,6 +185,40 @@ def test_yaml_syntax_error(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
+def test_the_settings_check_finds_nothing_wrong_in_the_shipped_configs():
+    """check_settings names the problem where jsonargparse refuses a command line; in a config that jsonargparse
+    takes it must find none, or it would blame a setting that is fine."""
+    from lightning_meta import cli
+
+    for config in sorted(cli.CONFIGS.glob("*.yaml")):
+        cli.check_settings(["--config", str(config), "--model.lr", "-0.1"])
+
+
+SETTINGS = {
+    "a wrong type in a YAML": ({"lr: 0.001": "lr: fast"}, [], r"^ProtoNet setting 'lr' must be a float, not 'fast'$"),
+    "a value outside a setting's few": ({}, ["--model", "MAML", "--model.meta_batch", "zzz"],
+                                        r"^MAML setting 'meta_batch' must be one of 'vmap', 'loop', not 'zzz'$"),
+    "a setting of the class chosen before": ({}, ["--model", "MAML", "--model.inner_lr", "0.1", "--model=ProtoNet",
+                                                  "--model.init_args.inner_lr", "0.1"],
+                                             r"^ProtoNet has no setting 'inner_lr'; check its spelling"),
+    "an unknown class as a mapping": ({}, ["--data", "{class_path: Omni, init_args: {n_way: 5}}"],
+                                      r"^unknown data module 'Omni' for --data; choose one of"),
+}
+
+
+@pytest.mark.parametrize("case", SETTINGS)
+def test_the_settings_check_names_the_setting_at_fault(case, tmp_path):
+    from lightning_meta import ConfigError, cli
+
+    changes, args, message = SETTINGS[case]
+    config = (ROOT / "configs" / "proto_synthetic.yaml").read_text()
+    for old, new in changes.items():
+        config = config.replace(old, new)
+    (tmp_path / "config.yaml").write_text(config)
+    with pytest.raises(ConfigError, match=message):
+        cli.check_settings(["--config", str(tmp_path / "config.yaml"), *args])
+
+
 def test_unwritable_log_folder(tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     one_line_error(train("--config", "proto_synthetic.yaml", log_root=tmp_path / "a_file" / "logs"),

@@ -37,6 +37,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from lightning_meta import ConfigError, EpisodicDataModule, MetaLearner, TrainingError
+from lightning_meta.algorithms.base import METRICS
 from lightning_meta.checkpoint import AtomicCheckpointIO, LastCheckpoint, read_checkpoint
 from lightning_meta.pictures import TestPictures
 from lightning_meta.runtime import keep_freed_memory
@@ -59,7 +60,6 @@ def packaged_configs() -> Path:
 
 
 CONFIGS = packaged_configs()
-METRICS = {"classification": "acc", "regression": "mse"}  # the evaluation metric of each kind of episode
 BEST = {"val/acc": "max", "val/mse": "min"}
 DIGITS = {"val/acc": 2, "val/mse": 4, "test/acc": 2, "test/mse": 4}
 # the settings that choose a class: the base class, and what a message calls the choice

@@ -5,11 +5,11 @@ test:
 
 - ``test/episode``: the first test episode as an image, one row per class: its support images, then its queries,
   each framed green where the model chose the right class and red where it did not, with the chosen class below;
-- ``test/embeddings`` (the metric-based algorithms): that episode's support and query embeddings and the mean
-  support embedding of every class (the prototypes), for TensorBoard's projector;
-- ``test/acc_by_inner_step`` (MAML, first-order MAML, Reptile): query accuracy on the first test batch after
-  0, 1, ..., k inner steps, plotted against the step;
-- ``test/acc_by_instance`` (MANN): accuracy on the n-th instance of a class, plotted against n;
+- ``test/embeddings`` (the metric-based algorithms, ``EmbeddingPictures``): that episode's support and query
+  embeddings and the mean support embedding of every class (the prototypes), for TensorBoard's projector;
+- ``test/acc_by_inner_step`` (MAML, first-order MAML and Reptile, ``InnerStepPictures``): query accuracy on the first
+  test batch after 0, 1, ..., k inner steps, plotted against the step;
+- ``test/acc_by_instance`` (MANN, ``InstancePictures``): accuracy on the n-th instance of a class, plotted against n;
 - the model's hyper-parameters with the final test metrics (TensorBoard's HPARAMS tab).
 """
 
@@ -25,6 +25,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 
+from lightning_meta.algorithms.base import EmbeddingPictures, InnerStepPictures, InstancePictures
 from lightning_meta.episode import Episode
 
 QUERIES_SHOWN = 5  # queries per class in the episode image
@@ -109,18 +110,19 @@ class TestPictures(pl.Callback):
             if isinstance(predictions, Tensor) and batch.support.dim() == 5:  # image episodes [T, NK, C, H, W]
                 writer.add_image("test/episode", episode_image(batch, predictions.argmax(-1)), step)
             with trainer.precision_plugin.test_step_context():  # as the test step ran (autocast under mixed precision)
-                if hasattr(pl_module, "test_embeddings"):
+                if isinstance(pl_module, EmbeddingPictures):
                     writer.add_embedding(**embeddings(pl_module, batch.tasks()[0]), tag="test/embeddings",
                                          global_step=step)
-                if hasattr(pl_module, "predict_after"):
+                if isinstance(pl_module, InnerStepPictures):
                     with torch.enable_grad():
                         for steps in inner_step_points(pl_module.eval_steps):
                             acc = pl_module.score(pl_module.predict_after(batch, steps), batch).mean()
                             writer.add_scalar("test/acc_by_inner_step", float(acc), steps)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        for n in range(1, 101):
-            if f"test/acc_instance_{n}" in metrics:
-                writer.add_scalar("test/acc_by_instance", metrics[f"test/acc_instance_{n}"], n)
+        if isinstance(pl_module, InstancePictures):
+            for n in pl_module.instances:
+                if f"test/acc_instance_{n}" in metrics:
+                    writer.add_scalar("test/acc_by_instance", metrics[f"test/acc_instance_{n}"], n)
         logger.log_hyperparams(pl_module.hparams, {f"hparam/{k}": v for k, v in metrics.items()})
         writer.flush()
         self.first = None

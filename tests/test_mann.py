@@ -1,15 +1,19 @@
 """MANN with LRUA memory: the memory step against a hand-worked example and a plain-Python second implementation,
 the controller against nn.LSTMCell, the compiled time step against the eager one, the sequence construction (label
-offset, instance numbers), episode independence, and learning."""
+offset, instance numbers), the logged accuracies by instance against a hand count, episode independence, and
+learning."""
 
 import math
+import statistics
+import sys
 
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-from lightning_meta import MANN, Episode, SyntheticDataModule
+from lightning_meta import MANN, Episode, MetaLearner, SyntheticDataModule
 from lightning_meta.algorithms.mann import Controller, LRUAMemory, MemoryState, as_sequence
 from lightning_meta.errors import ConfigError
 
@@ -207,14 +211,67 @@ def test_bad_settings_are_refused():
         MANN(image_shape=(5,), n_way=3)(as_sequence(episode(n=4)))
 
 
-def test_compiled_step_without_a_compiler_is_refused():
-    import torch._inductor.config as inductor
-
-    # inductor's own patch: pytest's monkeypatch, undone, deletes the setting and breaks later compilations
-    with inductor.patch({"cpp.cxx": (None, "no-such-compiler++")}):
-        with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler.*compile_step false"):
-            MANN(image_shape=(5,), n_way=3, compile_step=True)
+def test_compiled_step_without_a_compiler_is_refused(monkeypatch, tmp_path):
+    """The compiler torch.compile looks for: the one $CXX names (a command, perhaps with flags), else g++ (clang++ on
+    macOS) on the PATH."""
+    refused = pytest.raises(ConfigError, match="needs a C\\+\\+ compiler.*compile_step false")
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    with refused:
+        MANN(image_shape=(5,), n_way=3, compile_step=True)
     MANN(image_shape=(5,), n_way=3, compile_step=False)
+    monkeypatch.delenv("CXX")
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no compiler on the PATH
+    with refused:
+        MANN(image_shape=(5,), n_way=3, compile_step=True)
+    compiler = tmp_path / ("clang++" if sys.platform == "darwin" else "g++")
+    compiler.write_text("#!/bin/sh\n")
+    compiler.chmod(0o755)
+    MANN(image_shape=(5,), n_way=3, compile_step=True)
+    monkeypatch.setenv("CXX", f"{compiler} -O2")
+    MANN(image_shape=(5,), n_way=3, compile_step=True)
+
+
+def test_mann_keeps_to_the_algorithm_contract():
+    """Training, validation, test and their logging are the base class's; MANN supplies meta_loss, predict and
+    episode_scores."""
+    for name in ("training_step", "validation_step", "test_step", "evaluation_step", "on_validation_epoch_end",
+                 "on_test_epoch_end", "log_scores"):
+        assert getattr(MANN, name) is getattr(MetaLearner, name), name
+    assert MANN.episode_scores is not MetaLearner.episode_scores and MANN.evaluated_on_training_task
+
+
+def test_logged_accuracies_by_instance_are_those_of_the_shuffled_sequences():
+    """val/ and test/ metrics of three fixed 3-way 1-shot batches with 2 queries per class (sequences of 3 instances
+    a class) against a hand count over ``run``'s logits: acc_instance_n is the accuracy on the n-th example of a class
+    in each task's sequence, averaged over the tasks with 1.96 s / sqrt(tasks) beside it; acc is the 2nd instance
+    (K + 1); instances 5 and 10, which the sequences do not reach, are not logged."""
+    torch.manual_seed(0)
+    model = MANN(image_shape=(5,), n_way=3, controller=8, memory_rows=6, memory_width=4, heads=2)
+    batches = [episode(T=2, n=3, k=1, q=2, seed=s, keys=(2 * s + 10, 2 * s + 11)) for s in range(3)]
+    right = {n: [] for n in (1, 2, 3)}  # n -> each task's accuracy (%) on the n-th instances
+    with torch.no_grad():
+        for batch in batches:
+            seq, logits = model.run(batch)
+            for y, predicted in zip(seq.y.tolist(), logits.argmax(-1).tolist()):
+                seen, correct = {}, {n: [] for n in right}
+                for label, guess in zip(y, predicted):
+                    seen[label] = seen.get(label, 0) + 1
+                    correct[seen[label]].append(guess == label)
+                for n in right:
+                    right[n].append(100 * sum(correct[n]) / len(correct[n]))
+    expected = {}
+    for n, accuracies in right.items():
+        expected[f"acc_instance_{n}"] = statistics.mean(accuracies)
+        expected[f"acc_instance_{n}_ci95"] = 1.96 * statistics.stdev(accuracies) / len(accuracies) ** 0.5
+    expected["acc"], expected["acc_ci95"] = expected["acc_instance_2"], expected["acc_instance_2_ci95"]
+    assert len({expected[f"acc_instance_{n}"] for n in right}) > 1  # the instances differ: the test can tell them apart
+
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    for stage, run in (("val", trainer.validate), ("test", trainer.test)):
+        logged = run(model, DataLoader(batches, batch_size=None), verbose=False)[0]
+        assert set(logged) == {f"{stage}/{name}" for name in expected}
+        for name, value in expected.items():
+            assert logged[f"{stage}/{name}"] == pytest.approx(value, rel=1e-5, abs=1e-5), (stage, name)
 
 
 def test_learns_on_the_synthetic_set():

@@ -8,7 +8,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_cli import TINY
 
-from lightning_meta import cli
+from lightning_meta import ALGORITHMS, cli
+from lightning_meta.algorithms.base import EmbeddingPictures, InnerStepPictures, InstancePictures
 from lightning_meta.episode import Episode
 from lightning_meta.pictures import CAPTION, FRAME, GREEN, GREY, RED, episode_image, inner_step_points
 
@@ -38,6 +39,16 @@ def test_episode_image_shows_support_by_class_and_frames_queries_by_correctness(
     assert torch.equal(picture(1, 0, False).float(), stretched)
     q = query[0, 3, 0]
     assert torch.equal(picture(1, 2, True).float(), ((q - q.min()) / (q.max() - q.min()) * 255).round())
+
+
+def test_the_pictures_of_an_algorithm_are_those_it_declares():
+    """Each picture beyond the episode is drawn for the algorithms that declare its interface, not for any module
+    that happens to have a method of that name."""
+    declaring = {kind: sorted(name for name, cls in ALGORITHMS.items() if issubclass(cls, kind))
+                 for kind in (EmbeddingPictures, InnerStepPictures, InstancePictures)}
+    assert declaring == {EmbeddingPictures: ["matching", "protonet", "relation", "siamese"],
+                         InnerStepPictures: ["maml", "reptile"], InstancePictures: ["mann"]}
+    assert ALGORITHMS["mann"].instances == (1, 2, 3, 5, 10)  # Santoro et al.'s table
 
 
 def test_inner_step_points():

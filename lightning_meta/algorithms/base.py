@@ -1,14 +1,21 @@
 """The base of every algorithm: optimiser and schedule from config, metrics, logging, evaluation protocol.
 
-An algorithm supplies only what is its own: ``meta_loss`` (an episode to a training loss, plus the query
-predictions for the training metric) and ``predict`` (query predictions of an episode, adapting first where
-the method does). Classification episodes are scored by accuracy in percent (``acc``), regression episodes
-(``n_way`` 0) by mean squared error (``mse``).
+An algorithm supplies only what is its own: ``meta_loss`` (an episode to a training loss, plus the outputs it
+came from, normally the query predictions) and ``predict`` (query predictions of an episode, adapting first where
+the method does). Optionally, ``episode_scores`` reports further per-episode scores beside the primary one (MANN's
+accuracy by instance). Classification episodes are scored by accuracy in percent (``acc``), regression episodes
+(``n_way`` 0) by mean squared error (``mse``); validation and test average each score over the episodes, with its
+95% confidence interval.
+
+Validation and test score ``evaluate``'s query predictions, which are ``predict``'s unless an algorithm evaluates
+differently (the metric learners' transductive batch norm); an algorithm that is tested on the task it trains on
+(MANN's sequences, ``evaluated_on_training_task``) is scored on ``meta_loss``'s outputs instead. What
+``lightning_meta.pictures`` can draw of an algorithm beyond the episode, it declares by the interfaces at the end
+of this module.
 """
 
 from __future__ import annotations
 
-import warnings
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
@@ -21,9 +28,7 @@ from lightning_meta.errors import ConfigError, TrainingError
 from lightning_meta.metrics import EpisodeMean, episode_accuracy, episode_mse
 
 ALGORITHMS: dict[str, type[MetaLearner]] = {}
-
-# Under DDP Lightning recommends sync_dist for metrics logged per epoch; ours are reduced over the ranks already.
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
+METRICS = {"classification": "acc", "regression": "mse"}  # the primary score of each kind of episode (data.task)
 
 
 def attention_scale(scale: float, learn_scale: bool) -> nn.Parameter:
@@ -66,6 +71,7 @@ class MetaLearner(pl.LightningModule, ABC):
     name: ClassVar[str]
     tasks: ClassVar[tuple[str, ...]] = ("classification",)  # the kinds of episode (data.task) it can learn
     adapts_at_evaluation: ClassVar[bool] = False  # needs gradients on the support set in validation and test
+    evaluated_on_training_task: ClassVar[bool] = False  # validation and test score meta_loss's outputs, not evaluate's
 
     def __init__(
         self,
@@ -88,8 +94,9 @@ class MetaLearner(pl.LightningModule, ABC):
             raise ConfigError(f"model.lr_final must be >= 0 and excludes model.lr_decay_every (got {lr_final}, "
                               f"{lr_decay_every}); choose one schedule")
         self.save_hyperparameters()  # the subclass's arguments too: Lightning collects the whole __init__ chain
-        self.val_metric, self.test_metric = EpisodeMean(), EpisodeMean()
-        self.metric_name = "acc"  # or "mse", set by the episodes seen
+        # stage -> score name -> EpisodeMean, added as the scores arrive
+        self.episode_means = nn.ModuleDict({"val": nn.ModuleDict(), "test": nn.ModuleDict()})
+        self.metric_name = "acc"  # the primary score; at setup, the one of the data's task (METRICS)
 
     def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
         """Raises a ConfigError if this model cannot learn from ``data`` with this trainer; ``train.py`` calls it
@@ -116,20 +123,23 @@ class MetaLearner(pl.LightningModule, ABC):
                                   f"layer has one unit per class, so {fix}")
 
     def setup(self, stage: str) -> None:
-        if self.trainer is not None and self.trainer.datamodule is not None:
-            self.validate_setup(self.trainer.datamodule, self.trainer.test_loop.inference_mode, self.trainer.max_steps)
+        data = None if self.trainer is None else self.trainer.datamodule
+        if data is not None:
+            self.validate_setup(data, self.trainer.test_loop.inference_mode, self.trainer.max_steps)
+            self.metric_name = METRICS[getattr(data, "task", "classification")]
 
     def score(self, predictions: Tensor, episode: Episode) -> Tensor:
-        """The per-episode metric [T]: query accuracy in percent, or mean squared error for regression."""
-        self.metric_name = "acc" if episode.n_way else "mse"
+        """The primary per-episode score [T] of query predictions: accuracy in percent, or mean squared error for
+        regression."""
         if episode.n_way:
             return episode_accuracy(predictions, episode.query_labels)
         return episode_mse(predictions, episode.query_labels)
 
     @abstractmethod
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        """The training loss of a task batch, and the query predictions it came from: scores [T, N*Q, N]
-        (higher is more likely), or values [T, Q, 1] for regression."""
+        """The training loss of a task batch, and the outputs it came from (``episode_scores`` scores them): the
+        query predictions, scores [T, N*Q, N] (higher is more likely) or values [T, Q, 1] for regression, unless the
+        algorithm scores its own outputs."""
 
     @abstractmethod
     def predict(self, episode: Episode) -> Tensor:
@@ -151,9 +161,18 @@ class MetaLearner(pl.LightningModule, ABC):
             raise ConfigError(f"a task needs at least two classes with at least one support example each (got "
                               f"{len(shots)} classes with {shots} examples)")
 
+    def episode_scores(self, episode: Episode, outputs: Tensor) -> dict[str, Tensor]:
+        """The per-episode scores [T] of ``outputs`` by name: the primary score ``metric_name`` (``score`` of the
+        query predictions by default) and any further ones an algorithm reports by overriding this. ``outputs`` are
+        ``meta_loss``'s in training, where the primary score is logged as ``train/{metric_name}``, and the evaluated
+        ones in validation and test (``evaluate``'s, or ``meta_loss``'s where ``evaluated_on_training_task``), where
+        every score is averaged over the episodes and logged as ``{stage}/{name}`` with its 95% confidence interval
+        ``{stage}/{name}_ci95``. A score may be left out of a batch whose episodes do not have it."""
+        return {self.metric_name: self.score(outputs, episode)}
+
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
-        loss, predictions = self.meta_loss(episode)
-        score = self.score(predictions.detach(), episode).mean()
+        loss, outputs = self.meta_loss(episode)
+        score = self.episode_scores(episode, outputs.detach())[self.metric_name].mean()
         self.log("train/loss", loss, prog_bar=True)
         self.log(f"train/{self.metric_name}", score, prog_bar=True)
         return loss
@@ -172,28 +191,45 @@ class MetaLearner(pl.LightningModule, ABC):
         return x if self._trainer is None else self.trainer.strategy.reduce(x, reduce_op="mean")
 
     def evaluate(self, episode: Episode) -> Tensor:
-        """Query predictions in validation and test; ``predict`` unless the algorithm evaluates differently."""
+        """Query predictions in validation, test and ``lightning_meta.predict``; ``predict`` unless the algorithm
+        evaluates differently."""
         return self.predict(episode)
 
     def validation_step(self, episode: Episode, batch_idx: int) -> None:
-        self.val_metric.update(self.score(self.evaluate(episode), episode))
+        self.evaluation_step("val", episode)
 
-    def test_step(self, episode: Episode, batch_idx: int) -> Tensor:
-        predictions = self.evaluate(episode)
-        self.test_metric.update(self.score(predictions, episode))
-        return predictions  # for callbacks (lightning_meta.pictures)
+    def test_step(self, episode: Episode, batch_idx: int) -> Tensor | None:
+        return self.evaluation_step("test", episode)  # the query predictions, for callbacks (lightning_meta.pictures)
+
+    def evaluation_step(self, stage: str, episode: Episode) -> Tensor | None:
+        """Adds the batch's ``episode_scores`` to the stage's means; returns its query predictions (None where the
+        outputs scored are ``meta_loss``'s)."""
+        if self.evaluated_on_training_task:
+            outputs, predictions = self.meta_loss(episode)[1], None
+        else:
+            outputs = predictions = self.evaluate(episode)
+        means = self.episode_means[stage]
+        for name, scores in self.episode_scores(episode, outputs).items():
+            if name not in means:
+                means[name] = EpisodeMean().to(scores.device)
+            means[name].update(scores)
+        return predictions
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metric("val", self.val_metric)
+        self.log_scores("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_metric("test", self.test_metric)
+        self.log_scores("test")
 
-    def _log_metric(self, stage: str, metric: EpisodeMean) -> None:
-        mean, ci95 = metric.compute()  # already reduced over all ranks
-        self.log(f"{stage}/{self.metric_name}", mean.float(), prog_bar=True)
-        self.log(f"{stage}/{self.metric_name}_ci95", ci95.float())
-        metric.reset()
+    def log_scores(self, stage: str) -> None:
+        """Logs the mean of every score of the stage, and its 95% confidence interval, then starts them afresh."""
+        for name, metric in self.episode_means[stage].items():
+            if not metric.update_count:
+                continue
+            mean, ci95 = metric.compute()  # already reduced over all ranks
+            self.log(f"{stage}/{name}", mean.float(), prog_bar=name == self.metric_name)
+            self.log(f"{stage}/{name}_ci95", ci95.float())
+            metric.reset()
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -212,3 +248,33 @@ class MetaLearner(pl.LightningModule, ABC):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lightning_meta"] = {"algorithm": self.name}
+
+
+class EmbeddingPictures(ABC):
+    """An algorithm that embeds support and query examples in one space (the metric learners):
+    ``lightning_meta.pictures`` shows the first test task's embeddings in TensorBoard's projector."""
+
+    @abstractmethod
+    def test_embeddings(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """Support and query embeddings [1, NK, *z] and [1, NQ, *z] of a one-task episode, as in evaluation."""
+
+
+class InnerStepPictures(ABC):
+    """An algorithm that adapts to a task by inner steps (MAML, first-order MAML, Reptile): ``lightning_meta.pictures``
+    plots the first test batch's query accuracy against the number of steps."""
+
+    @property
+    @abstractmethod
+    def eval_steps(self) -> int:
+        """Inner steps when validating and testing."""
+
+    @abstractmethod
+    def predict_after(self, episode: Episode, steps: int) -> Tensor:
+        """Query predictions after ``steps`` of the evaluation's inner steps."""
+
+
+class InstancePictures(ABC):
+    """An algorithm whose ``episode_scores`` include ``acc_instance_n``, the accuracy on the n-th example of a class
+    in a sequence (MANN): ``lightning_meta.pictures`` plots the test's against n."""
+
+    instances: ClassVar[tuple[int, ...]]  # the n it reports

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import register
+from lightning_meta.algorithms.base import InnerStepPictures, register
 from lightning_meta.algorithms.gradient import GradientLearner, Params
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
@@ -27,7 +27,7 @@ VMAP_UNSAFE_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
 @register
-class MAML(GradientLearner):
+class MAML(GradientLearner, InnerStepPictures):
     """MAML with any backbone; one class for second- and first-order MAML.
 
     Args:

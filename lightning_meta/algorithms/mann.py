@@ -24,14 +24,20 @@ label that arrives with x_t (y_{t−1}, for the example before). ``add_vector: t
 a_t = tanh(W_a h_t), the add vector of the Neural Turing Machine, as the public re-implementations do
 (tristandeleu/ntm-one-shot, snowkylin/ntm). On Omniglot it learns the binding faster (docs/algorithms.md, MANN).
 
-Accuracy is reported by instance: ``acc_instance_n`` is the accuracy on the n-th example of a class in the
-sequence, i.e. after n − 1 labelled examples of it (the paper's table: 1st, 2nd, 3rd, 5th, 10th). ``acc`` is the
-accuracy at instance K + 1 with K the episode's ``k_shot``: a prediction made with K labelled examples of the
-class seen, which is what N-way K-shot accuracy measures for the other algorithms.
+Validation and test score the sequences as training shows them (``evaluated_on_training_task``), by instance:
+``acc_instance_n`` is the accuracy on the n-th example of a class in the sequence, i.e. after n − 1 labelled
+examples of it (the paper's table: 1st, 2nd, 3rd, 5th, 10th). ``acc`` is the accuracy at instance K + 1 with K the
+episode's ``k_shot``: a prediction made with K labelled examples of the class seen, which is what N-way K-shot
+accuracy measures for the other algorithms. ``predict``, for a user's queries whose labels are unknown, shows the
+labelled support set as a sequence and classifies each query alone after it, as its (K + 1)-th instance.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,13 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_meta.algorithms.base import MetaLearner, fixed_output_task, register
+from lightning_meta.algorithms.base import InstancePictures, MetaLearner, fixed_output_task, register
 from lightning_meta.backbones import build_backbone
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
-from lightning_meta.metrics import EpisodeMean
-
-INSTANCES = (1, 2, 3, 5, 10)  # Santoro et al.'s table
 
 
 @dataclass
@@ -137,18 +140,17 @@ class Controller(nn.LSTMCell):
 
 
 def check_cpp_compiler() -> None:
-    """``torch.compile`` builds its CPU kernels with a C++ compiler: one clear line, before training, if none."""
-    from torch._inductor.cpp_builder import get_cpp_compiler
-
-    try:
-        get_cpp_compiler()
-    except Exception as error:
+    """``torch.compile`` builds its CPU kernels with the C++ compiler that $CXX names, else g++ (clang++ on macOS, cl
+    on Windows): one clear line, before training, if that command is not on the PATH."""
+    compiler = os.environ.get("CXX", {"darwin": "clang++", "win32": "cl"}.get(sys.platform, "g++"))
+    command = [compiler] if sys.platform == "win32" else shlex.split(compiler)  # $CXX may carry flags
+    if not command or shutil.which(command[0]) is None:
         raise ConfigError("model.compile_step: true needs a C++ compiler for torch.compile (g++, or the one $CXX "
-                          "names); install one or set --model.compile_step false") from error
+                          "names); install one or set --model.compile_step false")
 
 
 @register
-class MANN(MetaLearner):
+class MANN(MetaLearner, InstancePictures):
     """MANN with LRUA memory (or, with ``memory: false``, the LSTM baseline).
 
     Args:
@@ -173,6 +175,8 @@ class MANN(MetaLearner):
     """
 
     name = "mann"
+    evaluated_on_training_task = True  # scored on the sequences of ``run``; ``predict`` serves unlabelled queries
+    instances = (1, 2, 3, 5, 10)  # acc_instance_n reported: Santoro et al.'s table
 
     def __init__(self, image_shape: tuple[int, ...], n_way: int, encoder: str = "pixels", hidden: int = 64,
                  controller: int = 200, memory: bool = True, memory_rows: int = 128, memory_width: int = 40,
@@ -203,8 +207,6 @@ class MANN(MetaLearner):
         self.output = nn.Linear(controller + reads, n_way)  # W_o
         self.n_way, self.reads = n_way, reads
         self.step_fn = torch.compile(self.time_step, dynamic=False) if compile_step else self.time_step
-        self.instance_metrics = nn.ModuleDict({f"{stage}_{n}": EpisodeMean() for stage in ("val", "test")
-                                               for n in INSTANCES})
 
     def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
         super().validate_setup(data, inference_mode, max_steps)
@@ -252,7 +254,7 @@ class MANN(MetaLearner):
         return seq, self.forward(seq)
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        """Cross-entropy at every step, and the logits [T, L, N]."""
+        """Cross-entropy at every step, and the logits [T, L, N] of the sequences."""
         seq, logits = self.run(episode)
         return self.sequence_loss(logits, seq), logits
 
@@ -276,6 +278,16 @@ class MANN(MetaLearner):
         seq = EpisodeSequence(x.flatten(0, 1), y.flatten(0, 1), y.new_zeros(T * NQ, NK + 1), episode.n_way)
         return self.forward(seq)[:, -1].unflatten(0, (T, NQ))  # the prediction at each query's step
 
+    def episode_scores(self, episode: Episode, outputs: Tensor) -> dict[str, Tensor]:
+        """From the logits [T, L, N] of ``run``'s sequences: ``acc``, the accuracy at instance K + 1, and
+        ``acc_instance_n`` for every n of ``instances`` that the sequences reach (each class is shown K + Q times)."""
+        seq = as_sequence(episode)  # the sequences of ``run``: their order is drawn from the task keys
+        shown = seq.y.shape[1] // seq.n_way  # K + Q
+        scores = {self.metric_name: self.instance_accuracy(outputs, seq, self.k_shot(episode) + 1)}
+        scores.update({f"acc_instance_{n}": self.instance_accuracy(outputs, seq, n) for n in self.instances
+                       if n <= shown})
+        return scores
+
     @staticmethod
     def instance_accuracy(logits: Tensor, seq: EpisodeSequence, n: int) -> Tensor:
         """Accuracy (%) of each task [T] on the n-th instances of its classes (NaN where there are none)."""
@@ -286,36 +298,3 @@ class MANN(MetaLearner):
     @staticmethod
     def k_shot(episode: Episode) -> int:
         return episode.support.shape[1] // episode.n_way
-
-    def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
-        seq, logits = self.run(episode)
-        loss = self.sequence_loss(logits, seq)
-        self.log("train/loss", loss, prog_bar=True)
-        acc = self.instance_accuracy(logits.detach(), seq, self.k_shot(episode) + 1)
-        self.log("train/acc", acc.mean(), prog_bar=True)
-        return loss
-
-    def evaluation_step(self, episode: Episode, stage: str) -> None:
-        seq, logits = self.run(episode)
-        metric = self.val_metric if stage == "val" else self.test_metric
-        metric.update(self.instance_accuracy(logits, seq, self.k_shot(episode) + 1))
-        for n in INSTANCES:
-            scores = self.instance_accuracy(logits, seq, n)
-            if not scores.isnan().any():
-                self.instance_metrics[f"{stage}_{n}"].update(scores)
-
-    def validation_step(self, episode: Episode, batch_idx: int) -> None:
-        self.evaluation_step(episode, "val")
-
-    def test_step(self, episode: Episode, batch_idx: int) -> None:
-        self.evaluation_step(episode, "test")
-
-    def _log_metric(self, stage: str, metric: EpisodeMean) -> None:
-        super()._log_metric(stage, metric)
-        for n in INSTANCES:
-            instance = self.instance_metrics[f"{stage}_{n}"]
-            if instance.update_count:
-                mean, ci95 = instance.compute()
-                self.log(f"{stage}/acc_instance_{n}", mean.float())
-                self.log(f"{stage}/acc_instance_{n}_ci95", ci95.float())
-            instance.reset()

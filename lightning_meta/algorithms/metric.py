@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_meta.algorithms.base import MetaLearner
+from lightning_meta.algorithms.base import EmbeddingPictures, MetaLearner
 from lightning_meta.backbones import batch_statistics, build_backbone
 from lightning_meta.episode import Episode
 
@@ -27,7 +27,7 @@ def logsumexp_by_class(values: Tensor, labels: Tensor, n_way: int) -> Tensor:
     return values[:, :, None].masked_fill(~in_class[:, None], float("-inf")).logsumexp(dim=-1)
 
 
-class MetricLearner(MetaLearner):
+class MetricLearner(MetaLearner, EmbeddingPictures):
     """An embedding f_θ and ``predict`` scores; by default trained by the negative log-likelihood of the true
     class, the scores being log-probabilities up to a constant.
 
@@ -49,7 +49,8 @@ class MetricLearner(MetaLearner):
         self.f_theta.train()
 
     def embed(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        """f_θ of support and query in one pass (batch norm sees the whole episode, as in the papers' code):
+        """f_θ of support and query in one pass (batch norm sees the whole episode; Sung et al.'s code
+        embeds support and query in separate calls, a departure docs/algorithms.md names):
         [T, NK, *z] and [T, NQ, *z], where z is a vector or a feature map."""
         NK = episode.support.shape[1]
         x = torch.cat([episode.support, episode.query], dim=1)  # [T, NK+NQ, *x]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_meta.algorithms.base import register
+from lightning_meta.algorithms.base import InnerStepPictures, register
 from lightning_meta.algorithms.gradient import GradientLearner, Params
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
@@ -24,7 +24,7 @@ ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 
 
 @register
-class Reptile(GradientLearner):
+class Reptile(GradientLearner, InnerStepPictures):
     """Reptile; query accuracy after adaptation (``train/acc``) is measured on the query set, which the inner
     loop never sees.
 

@@ -89,6 +89,96 @@ def test_no_second_order_terms_reach_theta_0():
         assert torch.allclose(got, want, atol=1e-12, rtol=1e-9)
 
 
+def paper_preprocess(x: float, p: float = 10.0) -> list[float]:
+    """The paper's scaling of one scalar, written out: (log|x| / p, sign x) if |x| >= e^-p, else (-1, e^p x)."""
+    if abs(x) >= math.exp(-p):
+        return [math.log(abs(x)) / p, math.copysign(1.0, x)]
+    return [-1.0, math.exp(p) * x]
+
+
+def paper_meta_learner(model: MetaLSTM, net: nn.Module, support: torch.Tensor, labels: torch.Tensor,
+                       batches: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """θ_T of one task by Ravi & Larochelle's equations, one coordinate and one step at a time.
+
+    For each step t on the mini-batch ``batches[t]``: L_t and ∇_t of the learner at θ_{t−1} (a copy of ``net``
+    holding θ_{t−1}, by autograd, detached); then for every coordinate k, the first LSTM layer on
+    x = (preprocess(∇_t[k]), preprocess(L_t)):
+        (i, f, g, o) = W_ih x + b_ih + W_hh h_{t−1} + b_hh,  c = σ(f) c_{t−1} + σ(i) tanh(g),  h_t = σ(o) tanh(c),
+    and the second, whose cell state is θ:
+        f_t = σ(W_F · [h_t, θ_{t−1}, f_{t−1}] + b_F),  i_t = σ(W_I · [h_t, θ_{t−1}, i_{t−1}] + b_I),
+        θ_t = f_t θ_{t−1} − i_t ∇_t,
+    from h = c = 0 and f_0 = i_0 = 0. Differentiable in the meta-learner's parameters and θ_0; also returns each
+    step's forget gates (to show that they vary)."""
+    lstm, W_F, W_I = model.lstm, model.W_F, model.W_I
+    H = lstm.hidden_size
+    theta = [p.flatten()[k] for p in net.parameters() for k in range(p.numel())]  # θ_0, one scalar per coordinate
+    zero = torch.zeros(H, dtype=theta[0].dtype)
+    state = [(zero, zero, theta[0].new_zeros(()), theta[0].new_zeros(())) for _ in theta]  # h, c, f, i
+    forget_gates = []
+    for b in batches:
+        learner = copy.deepcopy(net)
+        torch.nn.utils.vector_to_parameters(torch.stack(theta).detach(), learner.parameters())
+        loss = nn.functional.cross_entropy(learner(support[b]), labels[b])
+        grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(learner.parameters()))])
+        loss, grad = loss.detach(), grad.detach()  # inputs only: no second derivatives
+        new_theta, new_state, fs = [], [], []
+        for k, (theta_k, (h, c, f, i)) in enumerate(zip(theta, state)):
+            x = torch.tensor(paper_preprocess(grad[k].item()) + paper_preprocess(loss.item()), dtype=h.dtype)
+            z = lstm.weight_ih @ x + lstm.bias_ih + lstm.weight_hh @ h + lstm.bias_hh
+            z_i, z_f, z_g, z_o = z.split(H)
+            c = torch.sigmoid(z_f) * c + torch.sigmoid(z_i) * torch.tanh(z_g)
+            h = torch.sigmoid(z_o) * torch.tanh(c)
+            f = torch.sigmoid(W_F.weight[0] @ torch.cat([h, theta_k[None], f[None]]) + W_F.bias[0])
+            i = torch.sigmoid(W_I.weight[0] @ torch.cat([h, theta_k[None], i[None]]) + W_I.bias[0])
+            new_theta.append(f * theta_k - i * grad[k])
+            new_state.append((h, c, f, i))
+            fs.append(f.detach())
+        theta, state = new_theta, new_state
+        forget_gates.append(torch.stack(fs))
+    return torch.stack(theta), forget_gates
+
+
+def random_gates(model: MetaLSTM) -> None:
+    """Gate weights of order 1 (initially they are within ±0.01), so that f_t and i_t depend on h_t, θ_{t−1} and
+    the previous gate; biases that put f near 0.7 and i near 0.1."""
+    with torch.no_grad():
+        for gate, bias in ((model.W_F, 1.0), (model.W_I, -2.0)):
+            nn.init.normal_(gate.weight, std=1.0)
+            gate.bias.fill_(bias)
+
+
+@pytest.mark.parametrize("inner_batch", [None, 2])
+def test_meta_learner_with_live_gates_follows_the_papers_equations(inner_batch):
+    """θ_T, the query scores and the meta-gradient of every meta-learner parameter and of θ_0, for two tasks,
+    3 updates (on the whole support set, or on mini-batches of 2), float64, against ``paper_meta_learner``."""
+    torch.manual_seed(0)
+    steps = 3
+    model = MetaLSTM((1, 16, 16), n_way=3, hidden=2, inner_steps=steps, inner_batch=inner_batch, meta_hidden=4)
+    model = model.double()
+    random_gates(model)
+    episode = small_episode(T=2)
+    batches = model.mini_batches(episode, steps, inner_batch)  # [T, steps, B]
+    loss, scores = model.meta_loss(episode)
+    parameters = dict(model.named_parameters())
+    got = dict(zip(parameters, torch.autograd.grad(loss, list(parameters.values()))))
+    with torch.no_grad():
+        theta = model.adapt(episode, steps, inner_batch)
+    expected_loss = 0.0
+    for task in range(2):
+        expected, forget_gates = paper_meta_learner(model, model.net, episode.support[task],
+                                                    episode.support_labels[task], batches[task])
+        assert torch.allclose(theta[task], expected.detach(), atol=1e-12, rtol=1e-10)
+        learner = torch.func.functional_call(model.net, model.unflatten(expected), (episode.query[task],))
+        assert torch.allclose(scores[task], learner.detach(), atol=1e-12, rtol=1e-10)
+        expected_loss = expected_loss + nn.functional.cross_entropy(learner, episode.query_labels[task]) / 2
+        assert all(f.max() - f.min() > 0.05 for f in forget_gates)  # the gates are not held: they vary
+    want = dict(zip(parameters, torch.autograd.grad(expected_loss, list(parameters.values()))))
+    assert math.isclose(loss.item(), expected_loss.item(), rel_tol=1e-12)
+    for name in parameters:
+        assert torch.allclose(got[name], want[name], atol=1e-12, rtol=1e-9), name
+    assert all(want[name].abs().max() > 1e-4 for name in ("W_F.weight", "W_I.weight", "lstm.weight_ih"))
+
+
 def test_meta_learner_parameter_count_does_not_depend_on_the_learner():
     """LSTMCell(4, 20): 4·20·(4 + 20) weights + 2·80 biases; W_F and W_I: 22 + 1 each. Everything else is θ_0."""
     for hidden in (8, 64):

@@ -2,6 +2,7 @@
 layer augmentation against explicit sums, detached generator inputs, the fast weights and the memory attention
 at work, and learning."""
 
+import copy
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_meta import Episode, MetaNet, SyntheticDataModule
-from lightning_meta.algorithms import metanet
+from lightning_meta.algorithms import coordinatewise, metanet
 from lightning_meta.algorithms.metanet import FastWeightNet, preprocess
 from lightning_meta.errors import ConfigError
 
@@ -112,15 +113,137 @@ def test_generator_inputs_are_detached():
     finally:
         metanet.preprocess = original
     assert len(inputs) == 4 and not any(g.requires_grad for g in inputs)  # d and m, conv and fc
-    assert model.b.weights["conv0"].grad is not None  # while the slow weights do learn from the query loss
+    # the values of the parameters' gradients: test_predict_follows_the_papers_equations_query_by_query
 
 
-def test_fast_weights_change_the_predictions():
+def paper_preprocess(g: torch.Tensor, p: float = 7.0) -> torch.Tensor:
+    """The paper code's gradient features, written out: (max(log(|g| + ε) / p, −1), clamp(e^p g, −1, 1))."""
+    log = torch.maximum(torch.log(g.abs() + torch.finfo(g.dtype).eps) / p, torch.tensor(-1.0, dtype=g.dtype))
+    return torch.stack([log, torch.clamp(math.exp(p) * g, -1.0, 1.0)], dim=-1)
+
+
+def group_of(name: str) -> str:
+    return "conv" if name.startswith("conv") else "fc"
+
+
+def d_by_lstm_cell(model: MetaNet, name: str, gradients: list[torch.Tensor]) -> torch.Tensor:
+    """d on the sequence of gradients of one weight tensor, coordinate by coordinate as a batch: nn.LSTMCell from a
+    zero state, then the linear head on its last h."""
+    cell, head = model.d.cells[group_of(name)], model.d.heads[group_of(name)]
+    h = c = gradients[0].new_zeros(gradients[0].numel(), cell.hidden_size)
+    for g in gradients:
+        h, c = cell(paper_preprocess(g.flatten()), (h, c))
+    return head(h)[:, 0].view(gradients[0].shape)
+
+
+def m_by_sequential(model: MetaNet, name: str, gradient: torch.Tensor) -> torch.Tensor:
+    """m on the gradient of one weight tensor: its nn.Sequential on every coordinate's features."""
+    return model.m.mlps[group_of(name)](paper_preprocess(gradient.flatten()))[:, 0].view(gradient.shape)
+
+
+def gradient(net: FastWeightNet, x: torch.Tensor, y: torch.Tensor, n_way: int) -> dict[str, torch.Tensor]:
+    """∇ of the mean cross-entropy of net's first ``n_way`` outputs at its slow weights, detached: {name: ∇}."""
+    weights = {k: w.detach().requires_grad_() for k, w in net.weights.items()}
+    loss = F.cross_entropy(net.logits(weights, x)[:, :n_way], y)
+    return dict(zip(weights, torch.autograd.grad(loss, list(weights.values()))))
+
+
+def paper_predictions(model: MetaNet, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+    """Meta Networks' forward pass by the paper's equations, one task and one query at a time: logits [T, NQ, N] and
+    the attention [T, NQ, NK].
+
+    1. Task-level fast weights Q⁺ = d(G, {∇_Q L_emb(chunk c)}): chunk c of S = min(task_steps, NK) holds support
+       examples c, c + S, ...; L_emb is the cross-entropy of u's classifier at its slow weights Q.
+    2. The keys r'_i = u(Q, Q⁺, x'_i) of the support examples, one example at a time.
+    3. The example-level fast weights W*_i = m(Z, ∇_W L_i), L_i the loss of b at its slow weights W on example i.
+    4. For each query x: r = u(Q, Q⁺, x), a_i = softmax_i(s · r·r'_i / (|r| |r'_i|)), W* = Σ_i a_i W*_i, and the
+       logits b(W, W*, x), of the first N outputs."""
+    N, NK = episode.n_way, episode.support.shape[1]
+    Q, W = dict(model.u.weights), dict(model.b.weights)
+    all_logits, all_attention = [], []
+    for support, labels, queries in zip(episode.support, episode.support_labels, episode.query):
+        S = min(model.task_steps, NK)
+        chunk_gradients = [gradient(model.u, support[c::S], labels[c::S], N) for c in range(S)]
+        Q_plus = {k: d_by_lstm_cell(model, k, [g[k] for g in chunk_gradients]) for k in Q}
+
+        def key(x):
+            return model.u.fc1(Q, model.u.features(Q, x[None], Q_plus), Q_plus)[0]
+
+        keys = [key(x) for x in support]
+        memory = []
+        for i in range(NK):
+            g = gradient(model.b, support[i : i + 1], labels[i : i + 1], N)
+            memory.append({k: m_by_sequential(model, k, g[k]) for k in W})
+        logits, attention = [], []
+        for x in queries:
+            r = key(x)
+            cosines = torch.stack([r @ r_i / (r.norm() * r_i.norm()) for r_i in keys])
+            a = torch.softmax(model.scale * cosines, dim=0)
+            W_star = {k: sum(a[i] * memory[i][k] for i in range(NK)) for k in W}
+            logits.append(model.b.logits(W, x[None], W_star)[0, :N])
+            attention.append(a)
+        all_logits.append(torch.stack(logits))
+        all_attention.append(torch.stack(attention))
+    return torch.stack(all_logits), torch.stack(all_attention)
+
+
+def lstm_reference(cell, head, x):
+    """coordinatewise.lstm through nn.LSTMCell, in the inputs' dtype."""
+    h = c = x.new_zeros(x.shape[1], cell.hidden_size)
+    for x_s in x:
+        h, c = cell(x_s, (h, c))
+    return head(h)[:, 0]
+
+
+@pytest.mark.parametrize("generators, dtype", [
+    ("coordinatewise", torch.float32),
+    ("reference", torch.float64),
+    pytest.param("coordinatewise", torch.float64, marks=pytest.mark.xfail(
+        raises=RuntimeError, strict=True, reason="the coordinatewise generators return float32 fast weights, and "
+        "predict's a @ values mixes them with float64 attention")),
+])
+def test_predict_follows_the_papers_equations_query_by_query(generators, dtype, monkeypatch):
+    """``predict`` and the meta-gradient of every parameter (Q, W, G, Z and the learned scale s) against
+    ``paper_predictions`` on a float64 copy of the model: two 3-way 2-shot tasks with 2 queries per class on a
+    4-output MetaNet. d and m get weights N(0, 0.3²), their output biases centred again (a zero gradient gives a
+    zero fast weight, as at construction), so that the fast weights matter and differ between examples. With the
+    shipped ``coordinatewise`` generators (float32 inside) and the model in float32, to float32's precision; with
+    nn.LSTMCell and nn.Sequential in their place and the model in float64, to float64's."""
+    if generators == "reference":
+        monkeypatch.setattr(coordinatewise, "lstm", lstm_reference)
+        monkeypatch.setattr(coordinatewise, "mlp", lambda net, x: net(x)[:, 0])
     torch.manual_seed(0)
-    model = MetaNet((1, 12, 12), n_way=3, hidden=4, blocks=2)
-    e = small_episode()
-    slow_only = model.b.logits(dict(model.b.weights), e.query.flatten(0, 1)).unflatten(0, (2, 6))
-    assert not torch.allclose(model.predict(e), slow_only, atol=1e-4)
+    model = MetaNet((1, 12, 12), n_way=4, hidden=4, blocks=2, meta_hidden=5, task_steps=2, scale=10.0,
+                    learn_scale=True, init="he").double()
+    with torch.no_grad():
+        for p in [*model.d.parameters(), *model.m.parameters()]:
+            p.normal_(std=0.3)
+        for group in metanet.GROUPS:
+            model.m.output(group).bias -= model.m(group, torch.zeros(1, dtype=torch.float64))
+            model.d.output(group).bias -= model.d(group, torch.zeros(2, 1, 1, dtype=torch.float64)).flatten()
+    reference = copy.deepcopy(model)
+    model = model.to(dtype)
+    e64 = small_episode()
+    e64.support, e64.query = torch.randn_like(e64.support).double(), torch.randn_like(e64.query).double()
+    e = Episode(e64.support.to(dtype), e64.support_labels, e64.query.to(dtype), e64.query_labels, e64.n_way)
+    got = model.predict(e)
+    expected, attention = paper_predictions(reference, e64)
+    # float32: the gradient of s, about 1.5e-5, is a difference of far larger terms and comes within 0.6%
+    rtol, atol, grad_tol = (1e-4, 1e-5, 1e-2) if dtype == torch.float32 else (1e-10, 1e-12, 1e-10)
+    assert got.shape == (2, 6, 3)
+    assert torch.allclose(got.double(), expected, rtol=rtol, atol=atol)
+    loss = F.cross_entropy(got.flatten(0, 1), e.query_labels.flatten())
+    expected_loss = F.cross_entropy(expected.flatten(0, 1), e.query_labels.flatten())
+    names = [k for k, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [p for k, p in model.named_parameters() if k in names])
+    expected_grads = torch.autograd.grad(expected_loss, [p for k, p in reference.named_parameters() if k in names])
+    for name, a, b in zip(names, grads, expected_grads, strict=True):
+        assert b.abs().max() > 1e-5, name  # every parameter is reached
+        assert (a.double() - b).abs().max() <= grad_tol * b.abs().max(), name
+    # the check is not blind to the fast weights or to the attention
+    slow_only = reference.b.logits(dict(reference.b.weights), e64.query.flatten(0, 1))[:, :3].unflatten(0, (2, 6))
+    assert (expected - slow_only).abs().max() > 0.5 * expected.abs().max()
+    assert (attention.max(-1).values - attention.min(-1).values).min() > 0.1  # no query attends uniformly
 
 
 @pytest.mark.parametrize("learn_scale", [False, True])

@@ -3,6 +3,7 @@ import torch
 
 from lightning_meta.data import DataError, EpisodeSampler, EpisodeSchedule
 from lightning_meta.data.synthetic import synthetic_store
+from lightning_meta.episode import episode_seed
 
 
 @pytest.fixture(scope="module")
@@ -101,4 +102,43 @@ def test_transform_is_reproducible_per_episode(store):
     first = a[3]
     torch.manual_seed(2)
     assert same(first, b[3])
-    assert not same(first, sampler(store)[3])
+    # the value: the transform applied to the episode's images in turn (class by class, support then queries),
+    # under the global RNG seeded with the episode's transform key
+    plain = sampler(store)[3]
+    images = torch.cat([plain.support[0].unflatten(0, (5, 2)), plain.query[0].unflatten(0, (5, 3))], dim=1)
+    torch.manual_seed(episode_seed(0, "train/transform", 3))
+    expected = torch.stack([noise(image) for image in images.flatten(0, 1)]).unflatten(0, (5, 5))
+    assert torch.equal(first.support[0], expected[:, :2].flatten(0, 1))
+    assert torch.equal(first.query[0], expected[:, 2:].flatten(0, 1))
+    assert not torch.equal(first.support, plain.support)  # the noise did change some pixels
+
+
+def class_of_each_label(store, episode, k_shot):
+    """The store class whose images label n's support examples are, for n = 0 .. N-1, found by comparing pixels
+    (independent of ``EpisodeSampler.indices``)."""
+    flat = store.images.flatten(2)  # [classes, items, pixels]
+    found = []
+    for image in episode.support[0, ::k_shot]:  # the first support example of each label
+        matches = (flat == image.flatten()).all(-1).any(-1).nonzero().flatten().tolist()
+        assert len(matches) == 1
+        found.append(matches[0])
+    return found
+
+
+@pytest.mark.parametrize("within_group", [False, True])
+def test_labels_are_a_fresh_random_permutation_of_the_episodes_classes(store, within_group):
+    """Label n is not the n-th of the episode's classes in any fixed order of the store: over 300 episodes the rank
+    of label 0's class among its episode's 5 classes (by store index) takes each of the 5 values about equally often
+    (60 expected, each at least 35: a sorted or any fixed order puts it at one rank every time), and every class
+    is given every one of the 5 labels in some episode."""
+    s = sampler(store, within_group=within_group)
+    rank_counts = [0] * 5
+    labels_of = {c: set() for c in range(store.num_classes)}
+    for i in range(300):
+        classes = class_of_each_label(store, s[i], k_shot=2)
+        assert len(set(classes)) == 5
+        rank_counts[sorted(classes).index(classes[0])] += 1
+        for label, c in enumerate(classes):
+            labels_of[c].add(label)
+    assert min(rank_counts) >= 35, rank_counts
+    assert all(labels == set(range(5)) for labels in labels_of.values()), labels_of  # each class drawn ~50 times

@@ -154,9 +154,9 @@ class WeightGenerator(nn.Module):
         turn) -> [B, P], its output after the last."""
         x = preprocess(g.detach())  # [..., P, 2]
         if not self.recurrent:
-            return coordinatewise.mlp(self.mlps[group], x.view(-1, 2)).view(x.shape[:-1])
+            return coordinatewise.mlp(self.mlps[group], x.view(-1, 2)).view(x.shape[:-1]).to(g.dtype)
         S, B, P, _ = x.shape
-        return coordinatewise.lstm(self.cells[group], self.heads[group], x.view(S, B * P, 2)).view(B, P)
+        return coordinatewise.lstm(self.cells[group], self.heads[group], x.view(S, B * P, 2)).view(B, P).to(g.dtype)
 
 
 @register

@@ -59,17 +59,31 @@ class EpisodeSequence:
     n_way: int
 
 
+def sequence_order(episode: Episode, length: int) -> Tensor:
+    """[T, length] a random order of ``length`` examples for each task, drawn from that task's key."""
+    order = [torch.randperm(length, generator=episode.generator(t, "sequence")) for t in range(len(episode.support))]
+    return torch.stack(order).to(episode.support.device)
+
+
+def in_order(x: Tensor, order: Tensor) -> Tensor:
+    """The examples x [T, L, *x] of each task taken in ``order`` [T, L]."""
+    return x.gather(1, order.view(*order.shape, *[1] * (x.dim() - 2)).expand_as(x))
+
+
+def sequence_labels(episode: Episode) -> tuple[Tensor, Tensor, Tensor]:
+    """The order [T, L] of each task's sequence (support and query examples, drawn from its key), the labels
+    [T, L] in that order, and the instance [T, L] of each: n for the n-th example of its class in the sequence."""
+    y = torch.cat([episode.support_labels, episode.query_labels], dim=1)  # [T, L]
+    order = sequence_order(episode, y.shape[1])
+    y = y.gather(1, order)
+    return order, y, F.one_hot(y, episode.n_way).cumsum(1).gather(2, y[..., None])[..., 0]  # counts t itself too
+
+
 def as_sequence(episode: Episode) -> EpisodeSequence:
     """Support and query examples of each task in a random order drawn from that task's key."""
+    order, y, instance = sequence_labels(episode)
     x = torch.cat([episode.support, episode.query], dim=1)  # [T, L, *x]
-    y = torch.cat([episode.support_labels, episode.query_labels], dim=1)  # [T, L]
-    T, L = y.shape
-    order = torch.stack([torch.randperm(L, generator=episode.generator(t, "sequence")) for t in range(T)])
-    order = order.to(x.device)
-    x = x.gather(1, order.view(*order.shape, *[1] * (x.dim() - 2)).expand_as(x))
-    y = y.gather(1, order)
-    same_class_before = F.one_hot(y, episode.n_way).cumsum(1).gather(2, y[..., None])[..., 0]  # [T, L], counts t too
-    return EpisodeSequence(x, y, same_class_before, episode.n_way)
+    return EpisodeSequence(in_order(x, order), y, instance, episode.n_way)
 
 
 @dataclass
@@ -268,11 +282,8 @@ class MANN(MetaLearner, InstancePictures):
         (K + 1)-th instance of its class, as ``acc`` counts. Training and evaluation use ``run``."""
         T, NK = episode.support_labels.shape
         NQ = episode.query.shape[1]
-        order = torch.stack([torch.randperm(NK, generator=episode.generator(t, "sequence")) for t in range(T)])
-        order = order.to(episode.support.device)  # [T, NK]
-        support = episode.support.gather(1, order.view(T, NK, *[1] * (episode.support.dim() - 2))
-                                         .expand_as(episode.support))  # [T, NK, *x], shown in this order
-        labels = episode.support_labels.gather(1, order)  # [T, NK]
+        order = sequence_order(episode, NK)  # [T, NK]
+        support, labels = in_order(episode.support, order), episode.support_labels.gather(1, order)  # as shown
         x = torch.cat([support[:, None].expand(T, NQ, *support.shape[1:]), episode.query[:, :, None]], dim=2)
         y = torch.cat([labels[:, None].expand(T, NQ, NK), labels.new_zeros(T, NQ, 1)], dim=2)  # the query's is unused
         seq = EpisodeSequence(x.flatten(0, 1), y.flatten(0, 1), y.new_zeros(T * NQ, NK + 1), episode.n_way)
@@ -281,18 +292,19 @@ class MANN(MetaLearner, InstancePictures):
     def episode_scores(self, episode: Episode, outputs: Tensor) -> dict[str, Tensor]:
         """From the logits [T, L, N] of ``run``'s sequences: ``acc``, the accuracy at instance K + 1, and
         ``acc_instance_n`` for every n of ``instances`` that the sequences reach (each class is shown K + Q times)."""
-        seq = as_sequence(episode)  # the sequences of ``run``: their order is drawn from the task keys
-        shown = seq.y.shape[1] // seq.n_way  # K + Q
-        scores = {self.metric_name: self.instance_accuracy(outputs, seq, self.k_shot(episode) + 1)}
-        scores.update({f"acc_instance_{n}": self.instance_accuracy(outputs, seq, n) for n in self.instances
+        _, y, instance = sequence_labels(episode)  # those of ``run``'s sequences, without gathering the examples again
+        shown = y.shape[1] // episode.n_way  # K + Q
+        scores = {self.metric_name: self.instance_accuracy(outputs, y, instance, self.k_shot(episode) + 1)}
+        scores.update({f"acc_instance_{n}": self.instance_accuracy(outputs, y, instance, n) for n in self.instances
                        if n <= shown})
         return scores
 
     @staticmethod
-    def instance_accuracy(logits: Tensor, seq: EpisodeSequence, n: int) -> Tensor:
-        """Accuracy (%) of each task [T] on the n-th instances of its classes (NaN where there are none)."""
-        at_n = (seq.instance == n).float()
-        correct = (logits.argmax(-1) == seq.y).float()
+    def instance_accuracy(logits: Tensor, y: Tensor, instance: Tensor, n: int) -> Tensor:
+        """Accuracy (%) of each task [T] on the n-th instances of its classes (NaN where there are none), from the
+        sequences' logits [T, L, N], labels [T, L] and instances [T, L]."""
+        at_n = (instance == n).float()
+        correct = (logits.argmax(-1) == y).float()
         return 100 * (correct * at_n).sum(1) / at_n.sum(1)
 
     @staticmethod

@@ -38,7 +38,8 @@ from torchvision.transforms.v2.functional import to_pil_image
 
 from lightning_meta.algorithms import ALGORITHMS, MetaLearner
 from lightning_meta.checkpoint import algorithm_of, load_checkpoint
-from lightning_meta.data.folder import IMAGE_SUFFIXES
+from lightning_meta.data.datamodule import normalise
+from lightning_meta.data.folder import IMAGE_SUFFIXES, visible
 from lightning_meta.data.store import decode_image, image_array
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError, DataError
@@ -120,11 +121,10 @@ def read_image(image: ImageLike, preprocessing: dict[str, Any]) -> Tensor:
 
 
 def to_input(images: Tensor, preprocessing: dict[str, Any]) -> Tensor:
-    """uint8 images [B, C, S, S] to the model's float inputs, as ``EpisodicDataModule.to_float`` makes them."""
-    x = images.float() / 255
-    if preprocessing["mean"] is not None:
-        x = (x - torch.tensor(preprocessing["mean"]).view(-1, 1, 1)) / torch.tensor(preprocessing["std"]).view(-1, 1, 1)
-    return x
+    """uint8 images [B, C, S, S] to the model's float inputs, as the data module makes them (``normalise``)."""
+    mean, std = (None if preprocessing[k] is None else torch.tensor(preprocessing[k]).view(-1, 1, 1)
+                 for k in ("mean", "std"))
+    return normalise(images, mean, std)
 
 
 @dataclass
@@ -196,8 +196,7 @@ def classify(
 def image_paths(folder: Path) -> list[Path]:
     """The image files in ``folder`` and below, sorted; hidden files and folders are skipped."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") or part == "__MACOSX"
-                              for part in PurePosixPath(p.relative_to(folder).as_posix()).parts))
+                  and visible(PurePosixPath(p.relative_to(folder).as_posix())))
 
 
 def support_folder(folder: Path) -> tuple[list[Path], list[str]]:
@@ -205,7 +204,7 @@ def support_folder(folder: Path) -> tuple[list[Path], list[str]]:
     if not folder.is_dir():
         raise DataError(f"support folder {folder} does not exist; give a folder with one sub-folder of images per "
                         f"class")
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and visible(PurePosixPath(p.name)))
     if not classes:
         raise DataError(f"support folder {folder} has no class folders; put each class's images in a sub-folder "
                         f"named after the class")

@@ -21,6 +21,13 @@ from lightning_meta.errors import DataError
 SUBSETS = ("train", "val", "test")
 
 
+def normalise(images: Tensor, mean: Tensor | None, std: Tensor | None) -> Tensor:
+    """uint8 images [..., C, H, W] to floats in [0, 1], then per-channel normalisation by ``mean`` and ``std``
+    ([C, 1, 1], or None for none): what a model reads."""
+    x = images.float().div_(255)
+    return x if mean is None else (x - mean.to(x.device)) / std.to(x.device)
+
+
 def default_data_root() -> Path:
     """``$LIGHTNING_META_DATA`` if set, else ``./data``: a folder holding ``omniglot/``, ``cifar100/``, ..."""
     return Path(os.environ.get("LIGHTNING_META_DATA", "data"))
@@ -145,12 +152,7 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
 
     def to_float(self, images: Tensor) -> Tensor:
         """uint8 images to floats in [0, 1], then per-channel normalisation if mean and std are set."""
-        if images.dtype != torch.uint8:
-            return images
-        x = images.float().div_(255)
-        if self.mean is not None:
-            x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        return x
+        return images if images.dtype != torch.uint8 else normalise(images, self.mean, self.std)
 
     def on_after_batch_transfer(self, batch: Episode, dataloader_idx: int) -> Episode:
         batch.support, batch.query = self.to_float(batch.support), self.to_float(batch.query)

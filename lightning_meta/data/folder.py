@@ -41,20 +41,21 @@ def image_files(source: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
         paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         for path in paths:
             relative = PurePosixPath(path.relative_to(source).as_posix())
-            if _visible(relative):
+            if visible(relative):
                 yield relative, path.read_bytes()
         return
     try:
         with zipfile.ZipFile(source) as archive:
             for info in sorted(archive.infolist(), key=lambda i: i.filename):
                 relative = PurePosixPath(info.filename)
-                if not info.is_dir() and relative.suffix.lower() in IMAGE_SUFFIXES and _visible(relative):
+                if not info.is_dir() and relative.suffix.lower() in IMAGE_SUFFIXES and visible(relative):
                     yield relative, archive.read(info)
     except (zipfile.BadZipFile, OSError) as error:
         raise DataError(f"{source} is not a readable zip ({error}); download it again or extract it there") from None
 
 
-def _visible(path: PurePosixPath) -> bool:
+def visible(path: PurePosixPath) -> bool:
+    """False for a hidden file or folder, or a macOS resource fork, anywhere in ``path``."""
     return not any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
 
 
@@ -63,7 +64,7 @@ def empty_class_folders(source: Path) -> list[str]:
     if not source.is_dir():
         return []
     return sorted(p.relative_to(source).as_posix() for p in source.rglob("*")
-                  if p.is_dir() and _visible(PurePosixPath(p.name)) and not any(p.iterdir()))
+                  if p.is_dir() and visible(PurePosixPath(p.name)) and not any(p.iterdir()))
 
 
 def read_split_file(path: Path) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
@@ -56,12 +56,10 @@ def episode_image(episode: Episode, predicted: Tensor, task: int = 0, queries_sh
     cell_w, cell_h = w + 2 * FRAME, h + 2 * FRAME + CAPTION
     gap = cell_w // 2  # between the support images and the queries of a row
     K, Q = max(len(s) for s in shots), max(len(q) for q in queries)
-    canvas = Image.new("RGB", ((K + Q) * cell_w + gap, n_way * cell_h), (255, 255, 255))
+    font = ImageFont.load_default()  # ImageDraw's own
+    margin = 0 if class_names is None else int(max(font.getlength(name) for name in class_names)) + 2 * FRAME
+    canvas = Image.new("RGB", (margin + (K + Q) * cell_w + gap, n_way * cell_h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    margin = 0 if class_names is None else int(max(draw.textlength(name) for name in class_names)) + 2 * FRAME
-    if margin:
-        canvas = Image.new("RGB", (canvas.width + margin, canvas.height), (255, 255, 255))
-        draw = ImageDraw.Draw(canvas)
     for n in range(n_way):
         top = n * cell_h
         if class_names is not None:

@@ -51,22 +51,16 @@ def four_halvings(name: str, image_shape: tuple[int, ...]) -> int:
     return image_channels(name, image_shape, 16, "halves the image four times and needs", "raise data.image_size")
 
 
-class ChannelsLast(nn.Module):
-    """Puts images in channels-last memory order, which the CPU (oneDNN) and GPU conv kernels run fastest on."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.under_vmap(x):  # vmap has no memory formats; its batched convs choose their own
-            return x
-        return x.contiguous(memory_format=torch.channels_last)
-
-    @staticmethod
-    def under_vmap(x: Tensor) -> bool:
-        """Whether ``x`` is batched by ``vmap`` at any level, also below the wrapper of a ``grad`` inside it."""
-        while torch._C._functorch.is_functorch_wrapped_tensor(x):
-            if torch._C._functorch.is_batchedtensor(x):
-                return True
-            x = torch._C._functorch.get_unwrapped(x)
-        return False
+def channels_last(net: nn.Module) -> nn.Module:
+    """Stores the conv weights of ``net`` (in place) in channels-last memory order, which the CPU (oneDNN) and GPU
+    conv kernels run fastest on: a conv with channels-last weights computes channels-last whatever the order of its
+    input (benchmarks/backbones.py measures both orders). A weight that is the same memory in both orders (one input
+    channel, or a 1x1 kernel) keeps PyTorch's default strides, which DDP's gradient buckets expect (with the other
+    strides DDP warns "Grad strides do not match bucket view strides" and copies the gradient)."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d) and not module.weight.is_contiguous(memory_format=torch.channels_last):
+            module.to(memory_format=torch.channels_last)
+    return net
 
 
 class GlobalAveragePool(nn.Module):
@@ -104,10 +98,10 @@ class ResidualBlock(nn.Module):
 def conv4(image_shape: tuple[int, ...], hidden: int = 64, flatten: bool = True) -> nn.Sequential:
     """The four-block ConvNet of Vinyals et al. (2016) and Snell et al. (2017): 64-d embeddings at 28x28."""
     channels = four_halvings("conv4", image_shape)
-    layers = [ChannelsLast(), conv_block(channels, hidden), conv_block(hidden, hidden), conv_block(hidden, hidden),
+    layers = [conv_block(channels, hidden), conv_block(hidden, hidden), conv_block(hidden, hidden),
               conv_block(hidden, hidden)]
     net = nn.Sequential(*layers, nn.Flatten()) if flatten else nn.Sequential(*layers)
-    return net.to(memory_format=torch.channels_last)
+    return channels_last(net)
 
 
 @register_backbone("conv4_strided")
@@ -117,11 +111,11 @@ def conv4_strided(image_shape: tuple[int, ...], hidden: int = 64) -> nn.Sequenti
     if len(image_shape) != 3:
         raise ConfigError(f"conv4_strided needs images (C, H, W), got input shape {tuple(image_shape)}")
     channels = image_shape[0]
-    layers: list[nn.Module] = [ChannelsLast()]
+    layers: list[nn.Module] = []
     for c_in in (channels, hidden, hidden, hidden):
         layers += [nn.Conv2d(c_in, hidden, 3, stride=2, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
     net = nn.Sequential(*layers, GlobalAveragePool())
-    return net.to(memory_format=torch.channels_last)
+    return channels_last(net)
 
 
 @register_backbone("conv4_maps")
@@ -131,16 +125,16 @@ def conv4_maps(image_shape: tuple[int, ...], hidden: int = 64) -> nn.Sequential:
     channels = image_channels("conv4_maps", image_shape, 10, "needs", "raise data.image_size")
     unpadded = [nn.Conv2d(channels, hidden, 3), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), nn.MaxPool2d(2),
                 nn.Conv2d(hidden, hidden, 3), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-    net = nn.Sequential(ChannelsLast(), *unpadded, conv_block(hidden, hidden, pool=False),
+    net = nn.Sequential(*unpadded, conv_block(hidden, hidden, pool=False),
                         conv_block(hidden, hidden, pool=False))
-    return net.to(memory_format=torch.channels_last)
+    return channels_last(net)
 
 
 def resnet12_blocks(name: str, image_shape: tuple[int, ...], hidden: int) -> list[nn.Module]:
     """The layers of ResNet-12 before any pooling: four :class:`ResidualBlock` of hidden x (1, 2.5, 5, 10) filters
     (64-160-320-640 at ``hidden`` 64; 2.5 x hidden rounded down). ``name`` is the backbone's, for the messages."""
     widths = [four_halvings(name, image_shape), hidden, hidden * 5 // 2, hidden * 5, hidden * 10]
-    return [ChannelsLast(), *(ResidualBlock(a, b) for a, b in zip(widths, widths[1:]))]
+    return [ResidualBlock(a, b) for a, b in zip(widths, widths[1:])]
 
 
 @register_backbone("resnet12")
@@ -149,7 +143,7 @@ def resnet12(image_shape: tuple[int, ...], hidden: int = 64) -> nn.Sequential:
     pooling: 640-d embeddings at ``hidden`` 64 (5x5 maps before pooling at 84x84), about 12.4M parameters.
     MetaOptNet's DropBlock regularisation is not included."""
     net = nn.Sequential(*resnet12_blocks("resnet12", image_shape, hidden), GlobalAveragePool())
-    return net.to(memory_format=torch.channels_last)
+    return channels_last(net)
 
 
 @register_backbone("resnet12_maps")
@@ -157,7 +151,7 @@ def resnet12_maps(image_shape: tuple[int, ...], hidden: int = 64) -> nn.Sequenti
     """:func:`resnet12` without the pooling at the end, for the Relation Network: feature maps [B, 10 x hidden, h, w],
     640 x 5 x 5 at 84x84. DropBlock is not included."""
     net = nn.Sequential(*resnet12_blocks("resnet12_maps", image_shape, hidden))
-    return net.to(memory_format=torch.channels_last)
+    return channels_last(net)
 
 
 @register_backbone("koch")
@@ -174,8 +168,8 @@ def koch(image_shape: tuple[int, ...], hidden: int = 4096) -> nn.Sequential:
         nn.Conv2d(128, 256, 4), nn.ReLU(inplace=True), nn.Flatten(),
     )  # fmt: skip
     features = convs(torch.zeros(1, *image_shape)).shape[1]  # 256 * 6 * 6 at 105x105
-    layers = [ChannelsLast(), *convs, nn.Linear(features, hidden), nn.Sigmoid()]
-    return nn.Sequential(*layers).to(memory_format=torch.channels_last)
+    layers = [*convs, nn.Linear(features, hidden), nn.Sigmoid()]
+    return channels_last(nn.Sequential(*layers))
 
 
 @register_backbone("pixels")

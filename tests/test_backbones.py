@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from lightning_meta import MAML, ConfigError, Episode, ProtoNet, RelationNetwork
-from lightning_meta.backbones import ChannelsLast, MetaBatchNorm, ResidualBlock, build_backbone, with_meta_batch_norm
+from lightning_meta.backbones import MetaBatchNorm, ResidualBlock, build_backbone, with_meta_batch_norm
 
 
 @pytest.mark.parametrize("name, image_shape, shape", [
@@ -136,8 +136,8 @@ def test_protonet_and_relation_network_accept_it_by_name():
 
 
 def test_maml_meta_batch_vmap_matches_loop_on_colour_images():
-    """Under vmap(grad(...)) the images are batched below grad's wrapper; ChannelsLast must leave them alone (3
-    channels: a 1-channel image is channels-last already, which hid this)."""
+    """vmap has no memory formats: a backbone with channels-last weights must run under vmap(grad(...)) on 3-channel
+    images (a 1-channel image is channels-last already, which would hide a conversion inside the network)."""
     torch.manual_seed(0)
     shape = (3, 16, 16)
     model = MAML(shape, n_way=3, backbone="resnet12", hidden=4, inner_steps=1, inner_lr=0.3, meta_batch="vmap")
@@ -146,5 +146,20 @@ def test_maml_meta_batch_vmap_matches_loop_on_colour_images():
     vmapped = model.meta_loss(episode)[1]
     model.hparams.meta_batch = "loop"
     torch.testing.assert_close(vmapped, model.meta_loss(episode)[1], rtol=1e-4, atol=1e-5)
-    x = torch.randn(2, *shape)
-    assert ChannelsLast()(x).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name, channels", [("conv4", 1), ("conv4", 3), ("conv4_strided", 1), ("conv4_maps", 3),
+                                            ("resnet12", 3), ("koch", 1)])
+def test_conv_weights_are_channels_last_except_those_with_one_input_channel(name, channels):
+    """Channels-last where the two orders differ; PyTorch's default strides, which DDP's gradient buckets expect,
+    where they are the same memory (one input channel, or ResNet-12's 1x1 shortcuts)."""
+    side = 105 if name == "koch" else 32
+    net = build_backbone(name, (channels, side, side), hidden=8 if name != "koch" else 16)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].in_channels == channels
+    for conv in convs:
+        w = conv.weight
+        if conv.in_channels == 1 or conv.kernel_size == (1, 1):
+            assert w.stride() == torch.empty(w.shape).stride()
+        else:
+            assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()

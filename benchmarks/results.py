@@ -31,7 +31,8 @@ README = Path(OTHER, "README.md") if OTHER else ROOT / "README.md"  # its result
 README_TABLE = ("<!-- the Omniglot table: written by benchmarks/results.py from results.json -->",
                 "<!-- end of the Omniglot table -->")
 TABLE_SHAPES = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}  # the Omniglot table's columns
-IDENTITY = ("kind", "algorithm", "dataset", "split", "ways", "shots", "within_alphabet", "inner_steps")
+IDENTITY = ("kind", "algorithm", "dataset", "split", "ways", "shots", "within_alphabet", "inner_steps", "config",
+            "comparison")
 
 PAPER = {  # published test accuracy (%) by (algorithm, dataset, ways, shots); algorithms.md
     ("protonet", "omniglot", 5, 1): 98.8, ("protonet", "omniglot", 5, 5): 99.7,
@@ -369,6 +370,7 @@ def render(records: list[dict]) -> str:
                          f"**{r['correct']} / {r['queries']} ({100 * r['correct'] / r['queries']:.1f}%)** | "
                          f"{alphabets} | {r['commit'][:12]} | {r['hardware']} | {r['date']} |")
         lines += commands(predictions)
+    lines += config_speed_section([r for r in records if r["kind"] == "config_speed"])
     throughput = [r for r in records if r["kind"] == "throughput"]
     if throughput:
         lines += ["## Throughput", "",
@@ -382,6 +384,29 @@ def render(records: list[dict]) -> str:
                              f"{value:.2f} | {r['hardware']} | {r['date']} |")
         lines += commands(throughput)
     return "\n".join(lines)
+
+
+def config_speed_section(records: list[dict]) -> list[str]:
+    """benchmarks/config_speed.py: training steps per second of configs under variants, by comparison."""
+    if not records:
+        return []
+    lines = ["## Configs side by side", "",
+             "Training steps per second through train.py (medians of alternating fresh processes,",
+             "benchmarks/config_speed.py), and each variant's ratio to the first."]
+    for comparison in sorted({r["comparison"] for r in records}):
+        group = [r for r in records if r["comparison"] == comparison]
+        names = list(group[0]["rates"])
+        lines += ["", f"### {comparison}", "", "Variants: " + "; ".join(
+            f"{name}: `{setting or 'as shipped'}`" for name, setting in group[0]["variants"].items()), "",
+            f"| config | {' | '.join(names)} | {' | '.join(f'{n} / {names[0]}' for n in names[1:])} | commit | "
+            "hardware | date |", "| --- " * (2 * len(names) + 3) + "|"]
+        for r in group:
+            rates = [r["rates"][n] for n in names]
+            lines.append(f"| {r['config']} | " + " | ".join(f"{v:.3f}" for v in rates) + " | " +
+                         " | ".join(f"{v / rates[0]:.2f}" for v in rates[1:]) +
+                         f" | {r['commit'][:12]} | {r['hardware']} | {r['date']} |")
+        lines += ["", "Commands:", "", *sorted({f"- `{r['command']}`" for r in group})]
+    return lines + [""]
 
 
 def table_header(*columns: str) -> list[str]:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_meta import speedups
 from lightning_meta.errors import ConfigError
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {}
@@ -52,14 +53,18 @@ def four_halvings(name: str, image_shape: tuple[int, ...]) -> int:
 
 
 def channels_last(net: nn.Module) -> nn.Module:
-    """Stores the conv weights of ``net`` (in place) in channels-last memory order, which the CPU (oneDNN) and GPU
-    conv kernels run fastest on: a conv with channels-last weights computes channels-last whatever the order of its
-    input (benchmarks/backbones.py measures both orders). A weight that is the same memory in both orders (one input
-    channel, or a 1x1 kernel) keeps PyTorch's default strides, which DDP's gradient buckets expect (with the other
-    strides DDP warns "Grad strides do not match bucket view strides" and copies the gradient)."""
-    for module in net.modules():
-        if isinstance(module, nn.Conv2d) and not module.weight.is_contiguous(memory_format=torch.channels_last):
-            module.to(memory_format=torch.channels_last)
+    """Stores the conv weights of ``net`` in channels-last memory order, which the CPU (oneDNN) and GPU conv kernels
+    run fastest on: a conv with channels-last weights computes channels-last whatever the order of its input. A
+    speed-up (``lightning_meta.speedups``): the reference is PyTorch's default order.
+
+    A weight with one input channel (or a 1x1 kernel) is the same memory in both orders, but its strides still tell
+    the kernel which order to run: with the default strides, conv4's first layer on Omniglot runs in the default
+    order, which made ProtoNet's Omniglot training markedly slower as measured (docs/distributed.md). Under DDP, the optimisation-based
+    learners' gradient of such a weight comes back with the default strides, and DDP warns "Grad strides do not
+    match bucket view strides" as it copies those few values into its bucket; the command line silences that
+    warning (``cli.quiet``)."""
+    if speedups.enabled():
+        net.to(memory_format=torch.channels_last)
     return net
 
 
@@ -218,7 +223,8 @@ class MetaBatchNorm(nn.Module):
     operation here has exact derivatives of every order, batched or not. With ``reference = n`` the mean and
     variance come from the first ``n`` examples only (the support set), and all examples are normalised with them.
     With ``first_order = True`` (for learners that never differentiate through their inner steps) it calls
-    ``F.batch_norm`` instead: the same values and first derivatives, from PyTorch's native kernel, which is faster.
+    ``F.batch_norm`` instead: the same values and first derivatives, from PyTorch's native kernel, which is faster
+    (a speed-up, ``lightning_meta.speedups``: the tensor operations are the reference).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
@@ -234,7 +240,7 @@ class MetaBatchNorm(nn.Module):
         self.first_order = False
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C, *]
-        if self.first_order and self.reference is None and self.native_kernel_accepts(x):
+        if self.first_order and self.reference is None and self.native_kernel_accepts(x) and speedups.enabled():
             return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         dims = [0, *range(2, x.dim())]
         ref = x if self.reference is None else x[: self.reference]

@@ -348,6 +348,9 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     # under DDP Lightning recommends sync_dist for metrics logged per epoch; ours are reduced over the ranks already
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
+    # under DDP the gradient of a conv weight with one input channel comes back with the default strides, where the
+    # weight has channels-last ones (the same memory); DDP copies those few values (backbones.channels_last)
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)  # "Seed set to 0", every run
 
 

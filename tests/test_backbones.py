@@ -150,16 +150,42 @@ def test_maml_meta_batch_vmap_matches_loop_on_colour_images():
 
 @pytest.mark.parametrize("name, channels", [("conv4", 1), ("conv4", 3), ("conv4_strided", 1), ("conv4_maps", 3),
                                             ("resnet12", 3), ("koch", 1)])
-def test_conv_weights_are_channels_last_except_those_with_one_input_channel(name, channels):
-    """Channels-last where the two orders differ; PyTorch's default strides, which DDP's gradient buckets expect,
-    where they are the same memory (one input channel, or ResNet-12's 1x1 shortcuts)."""
+def test_conv_weights_have_channels_last_strides(name, channels):
+    """Every conv weight, also those that are the same memory in both orders (one input channel, ResNet-12's 1x1
+    shortcuts), whose strides still make the conv kernel choose its order."""
     side = 105 if name == "koch" else 32
     net = build_backbone(name, (channels, side, side), hidden=8 if name != "koch" else 16)
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs[0].in_channels == channels
     for conv in convs:
-        w = conv.weight
-        if conv.in_channels == 1 or conv.kernel_size == (1, 1):
-            assert w.stride() == torch.empty(w.shape).stride()
-        else:
-            assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        assert conv.weight.stride() == torch.empty(conv.weight.shape, memory_format=torch.channels_last).stride()
+
+
+def test_speedups_off_runs_the_plain_computations_and_they_agree(monkeypatch):
+    """``LIGHTNING_META_SPEEDUPS=0``: a conv4 built with the default memory order and batch norm in tensor operations
+    (F.batch_norm is never called) give first-order MAML the same meta-loss and meta-gradient as the speed-ups."""
+    torch.manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(2).repeat(2, 1)
+    episode = Episode(torch.randn(2, 6, 3, 16, 16), labels, torch.randn(2, 6, 3, 16, 16), labels, 3)
+
+    def meta_gradient(model: MAML) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        loss = model.meta_loss(episode)[0]
+        return loss, torch.autograd.grad(loss, list(model.parameters()))
+
+    fast = MAML((3, 16, 16), n_way=3, backbone="conv4", hidden=8, first_order=True, meta_batch="loop")
+    conv = fast.net[0][1][0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    fast_loss, fast_grads = meta_gradient(fast)
+    monkeypatch.setenv("LIGHTNING_META_SPEEDUPS", "0")
+    plain = MAML((3, 16, 16), n_way=3, backbone="conv4", hidden=8, first_order=True, meta_batch="loop")
+    plain.load_state_dict(fast.state_dict())
+    assert plain.net[0][1][0].weight.is_contiguous()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("F.batch_norm called with the speed-ups off")
+
+    monkeypatch.setattr(F, "batch_norm", refuse)
+    plain_loss, plain_grads = meta_gradient(plain)
+    torch.testing.assert_close(plain_loss, fast_loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(plain_grads, fast_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -10,8 +10,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from lightning_meta import Episode, MetaNet, SyntheticDataModule
-from lightning_meta.algorithms import coordinatewise, metanet
+from lightning_meta import Episode, MetaNet, SyntheticDataModule, speedups
+from lightning_meta.algorithms import metanet
 from lightning_meta.algorithms.metanet import FastWeightNet, preprocess
 from lightning_meta.errors import ConfigError
 
@@ -187,14 +187,6 @@ def paper_predictions(model: MetaNet, episode: Episode) -> tuple[torch.Tensor, t
     return torch.stack(all_logits), torch.stack(all_attention)
 
 
-def lstm_reference(cell, head, x):
-    """coordinatewise.lstm through nn.LSTMCell, in the inputs' dtype."""
-    h = c = x.new_zeros(x.shape[1], cell.hidden_size)
-    for x_s in x:
-        h, c = cell(x_s, (h, c))
-    return head(h)[:, 0]
-
-
 @pytest.mark.parametrize("generators, dtype", [
     ("coordinatewise", torch.float32),
     ("reference", torch.float64),
@@ -206,10 +198,10 @@ def test_predict_follows_the_papers_equations_query_by_query(generators, dtype, 
     4-output MetaNet. d and m get weights N(0, 0.3²), their output biases centred again (a zero gradient gives a
     zero fast weight, as at construction), so that the fast weights matter and differ between examples. With the
     shipped ``coordinatewise`` generators (float32 inside) and the model in float32 or float64, to float32's
-    precision; with nn.LSTMCell and nn.Sequential in their place and the model in float64, to float64's."""
+    precision; with their reference, nn.LSTMCell and nn.Sequential (``LIGHTNING_META_SPEEDUPS=0``), and the model in
+    float64, to float64's."""
     if generators == "reference":
-        monkeypatch.setattr(coordinatewise, "lstm", lstm_reference)
-        monkeypatch.setattr(coordinatewise, "mlp", lambda net, x: net(x)[:, 0])
+        monkeypatch.setenv(speedups.SETTING, "0")
     torch.manual_seed(0)
     model = MetaNet((1, 12, 12), n_way=4, hidden=4, blocks=2, meta_hidden=5, task_steps=2, scale=10.0,
                     learn_scale=True, init="he").double()

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
+from lightning_meta import speedups
 from lightning_meta.algorithms import coordinatewise
 from lightning_meta.algorithms.base import MetaLearner, attention_scale, fixed_output_task, register
 from lightning_meta.episode import Episode
@@ -126,9 +127,10 @@ class FastWeightNet(nn.Module):
 class WeightGenerator(nn.Module):
     """A meta-learner: for each parameter group (``conv``, ``fc``) a small network applied to every coordinate's
     preprocessed gradient. ``recurrent``: an LSTM that reads a sequence of gradients (d); else an MLP (m). Their
-    parameters live in ``nn.LSTMCell``, ``nn.Linear`` and ``nn.Sequential``; they run through ``coordinatewise``, which
-    computes the same functions fast over ~150,000 coordinates at a time (the LSTM in chunks with a hand-written
-    backward pass, the MLP by pieces along the lines its inputs lie on)."""
+    parameters live in ``nn.LSTMCell``, ``nn.Linear`` and ``nn.Sequential``, which compute them on every coordinate;
+    the speed-up (``lightning_meta.speedups``) runs them through ``coordinatewise``, which computes the same
+    functions over ~150,000 coordinates at a time (the LSTM in chunks with a hand-written backward pass, the MLP by
+    pieces along the lines its inputs lie on)."""
 
     def __init__(self, hidden: int, recurrent: bool, steps: int = 1) -> None:
         super().__init__()
@@ -153,10 +155,23 @@ class WeightGenerator(nn.Module):
         """Fast weights from gradients of one group: MLP [..., P] -> [..., P]; LSTM [S, B, P] (S gradients in
         turn) -> [B, P], its output after the last."""
         x = preprocess(g.detach())  # [..., P, 2]
+        if speedups.enabled():
+            return self.coordinatewise(group, x).to(g.dtype)
+        with torch.autocast(x.device.type, enabled=False):  # in the networks' own dtype, as coordinatewise does
+            x = x.to(self.output(group).weight.dtype)
+            if not self.recurrent:
+                return self.mlps[group](x)[..., 0].to(g.dtype)  # m on every coordinate
+            state = None  # (h, c) [B * P, H], zero at first
+            for x_s in x:  # d reads the S gradients in turn: [B, P, 2] each
+                state = self.cells[group](x_s.reshape(-1, 2), state)
+            return self.heads[group](state[0]).view(x.shape[1:-1]).to(g.dtype)
+
+    def coordinatewise(self, group: str, x: Tensor) -> Tensor:
+        """The same networks on features x [..., P, 2] through ``coordinatewise``, in float32 (the speed-up)."""
         if not self.recurrent:
-            return coordinatewise.mlp(self.mlps[group], x.view(-1, 2)).view(x.shape[:-1]).to(g.dtype)
+            return coordinatewise.mlp(self.mlps[group], x.view(-1, 2)).view(x.shape[:-1])
         S, B, P, _ = x.shape
-        return coordinatewise.lstm(self.cells[group], self.heads[group], x.view(S, B * P, 2)).view(B, P).to(g.dtype)
+        return coordinatewise.lstm(self.cells[group], self.heads[group], x.view(S, B * P, 2)).view(B, P)
 
 
 @register

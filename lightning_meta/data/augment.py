@@ -6,7 +6,9 @@ one at a time, each with its own Python round trips, which can take a large part
 [*, C, H, W] (uint8 or float) and draw the parameters of each image independently; given the same parameters,
 each computes what the torchvision transform of the same name computes on one image, including the rounding of
 uint8 images after every colour operation. The episode sampler hands them all the images of an episode at once
-(under the episode's random seed); they serve alone or composed with ``torchvision.transforms.v2.Compose``:
+(under the episode's random seed); they serve alone or composed with ``torchvision.transforms.v2.Compose``.
+They are a speed-up (``lightning_meta.speedups``) whose reference is one ``class_path`` away: the torchvision
+transform of the same name, which the sampler applies image by image (tests/test_augment.py holds the two equal):
 
     train_transform:
       class_path: lightning_meta.data.augment.RandomAffine

@@ -1,5 +1,8 @@
 """The benchmark scripts' bookkeeping: which test figures they can take from train.py's own closing test."""
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,3 +77,34 @@ def test_settings_given_for_training_are_kept_and_given_to_later_tests(run, monk
     (args,) = calls
     assert args[args.index("--trainer.precision") + 1] == "bf16-mixed"
     assert args[args.index("--data.eval_n_way") + 1] == "20" and args[args.index("--ckpt_path") + 1] == str(run.best)
+
+
+def test_config_speed_takes_turns_and_records_the_median_of_each_variant(tmp_path):
+    """benchmarks/config_speed.py against a stand-in train.py whose n-th run prints a rate from a list: each variant's
+    settings, environment and tree reach its runs, the variants alternate, and the medians (not the means) are
+    recorded, with each variant's ratio to the first in RESULTS.md."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "train.py").write_text(
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "log = Path('runs.txt')\n"
+        "runs = log.read_text().split() if log.exists() else []\n"
+        "variant = 'b' if '--model.meta_batch' in sys.argv else 'a'\n"
+        "log.write_text(' '.join(runs + [variant + os.environ['OFFSET']]))\n"
+        "rate = [1, 9, 2, 3, 4, 30][len(runs)] + float(os.environ['OFFSET'])\n"
+        "print(f'timed: {rate} training steps per second')\n")
+    out = tmp_path / "results"
+    out.mkdir()
+    script = Path(results.ROOT, "benchmarks", "config_speed.py")
+    run = subprocess.run([sys.executable, str(script), "--configs", "proto.yaml", "--repeats", "3", "--variants",
+                          f"a: tree={tree} OFFSET=0", f"b: tree={tree} OFFSET=100 --model.meta_batch loop"],
+                         env={**os.environ, "LIGHTNING_META_RESULTS": str(out)}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert (tree / "runs.txt").read_text() == "a0 b100 a0 b100 a0 b100"
+    (entry,) = json.loads((out / "results.json").read_text())
+    assert entry["rates"] == {"a": 2.0, "b": 109.0}  # a: 1, 2, 4; b: 109, 103, 130
+    assert entry["all_rates"] == {"a": [1.0, 2.0, 4.0], "b": [109.0, 103.0, 130.0]}
+    assert entry["variants"]["b"].startswith("OFFSET=100 --model.meta_batch loop tree at commit")
+    assert (entry["algorithm"], entry["dataset"], entry["config"]) == ("protonet", "omniglot", "proto.yaml")
+    assert "| proto.yaml | 2.000 | 109.000 | 54.50 |" in (out / "RESULTS.md").read_text()

@@ -146,14 +146,20 @@ def test_support_statistics_make_each_query_independent():
     assert not torch.allclose(model.predict(episode)[:, :1], model.predict(alone), rtol=1e-3)
 
 
-def test_vmap_refuses_norms_with_wrong_batched_second_derivatives():
-    BACKBONES["layer_norm_net"] = lambda shape, hidden: nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.LayerNorm(8))
+@pytest.mark.parametrize("norm, dims", [(nn.LayerNorm(8), 0), (nn.GroupNorm(2, 8), 0), (nn.SyncBatchNorm(8), 0),
+                                        (nn.InstanceNorm2d(4, affine=True), 2), (nn.BatchNorm3d(8), 3)])
+def test_vmap_refuses_norms_with_wrong_batched_second_derivatives(norm, dims):
+    """Every normalisation layer that MetaBatchNorm does not replace (it replaces BatchNorm1d and 2d), on 8 features
+    as ``dims`` + 1 dimensions (InstanceNorm2d: 4 channels of 2 x 1 positions)."""
+    unflatten = nn.Unflatten(1, {0: (8,), 2: (4, 2, 1), 3: (8, 1, 1, 1)}[dims])
+    BACKBONES["normed_net"] = lambda shape, hidden: nn.Sequential(nn.Flatten(), nn.Linear(4, 8), unflatten, norm,
+                                                                  nn.Flatten())
     try:
-        with pytest.raises(ConfigError, match="LayerNorm .* set model.meta_batch: loop"):
-            MAML((4,), n_way=3, backbone="layer_norm_net", meta_batch="vmap")
-        MAML((4,), n_way=3, backbone="layer_norm_net", meta_batch="loop")
+        with pytest.raises(ConfigError, match=f"{type(norm).__name__} .* set model.meta_batch: loop"):
+            MAML((4,), n_way=3, backbone="normed_net", meta_batch="vmap")
+        MAML((4,), n_way=3, backbone="normed_net", meta_batch="loop")
     finally:
-        del BACKBONES["layer_norm_net"]
+        del BACKBONES["normed_net"]
 
 
 def test_refuses_inference_mode_and_a_wrong_number_of_ways(trainer):
@@ -185,3 +191,4 @@ def test_sinusoid_mse_falls(first_order, trainer):
     trainer(1000).fit(model, data)
     after = trainer(1).test(model, data, verbose=False)[0]["test/mse"]
     assert after < 0.3 * before, (before, after)
+

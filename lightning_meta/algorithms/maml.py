@@ -23,7 +23,8 @@ from lightning_meta.errors import ConfigError
 
 # normalisation layers left after batch norm became MetaBatchNorm; F.batch_norm, layer_norm and group_norm
 # have wrong second derivatives under vmap (functorch#534)
-VMAP_UNSAFE_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+VMAP_UNSAFE_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
+                     nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm)
 
 
 @register

@@ -240,18 +240,20 @@ class MetaBatchNorm(nn.Module):
         self.first_order = False
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C, *]
-        if self.first_order and self.reference is None and self.native_kernel_accepts(x) and speedups.enabled():
-            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
-        dims = [0, *range(2, x.dim())]
-        ref = x if self.reference is None else x[: self.reference]
-        var, mean = torch.var_mean(ref, dims, correction=0, keepdim=True)  # [1, C, 1, ...]
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        if not self.native_kernel_applies(x):
+            dims = [0, *range(2, x.dim())]
+            ref = x if self.reference is None else x[: self.reference]
+            var, mean = torch.var_mean(ref, dims, correction=0, keepdim=True)  # [1, C, 1, ...]
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
 
-    def native_kernel_accepts(self, x: Tensor) -> bool:
-        """Whether F.batch_norm runs on x under vmap: the same dtype as the weights, and more than one value a
-        channel."""
-        return x.dtype == self.weight.dtype and x.numel() > x.shape[1]
+    def native_kernel_applies(self, x: Tensor) -> bool:
+        """Whether the speed-up computes this call: first derivatives only, statistics of the whole batch, the
+        speed-ups on, and an x that F.batch_norm takes under vmap (the weights' dtype, more than one value a
+        channel)."""
+        return (self.first_order and self.reference is None and speedups.enabled() and x.dtype == self.weight.dtype
+                and x.numel() > x.shape[1])
 
 
 def with_meta_batch_norm(net: nn.Module) -> nn.Module:

@@ -155,16 +155,16 @@ class WeightGenerator(nn.Module):
         """Fast weights from gradients of one group: MLP [..., P] -> [..., P]; LSTM [S, B, P] (S gradients in
         turn) -> [B, P], its output after the last."""
         x = preprocess(g.detach())  # [..., P, 2]
-        if speedups.enabled():
-            return self.coordinatewise(group, x).to(g.dtype)
-        with torch.autocast(x.device.type, enabled=False):  # in the networks' own dtype, as coordinatewise does
-            x = x.to(self.output(group).weight.dtype)
-            if not self.recurrent:
-                return self.mlps[group](x)[..., 0].to(g.dtype)  # m on every coordinate
-            state = None  # (h, c) [B * P, H], zero at first
-            for x_s in x:  # d reads the S gradients in turn: [B, P, 2] each
-                state = self.cells[group](x_s.reshape(-1, 2), state)
-            return self.heads[group](state[0]).view(x.shape[1:-1]).to(g.dtype)
+        if not speedups.enabled():
+            with torch.autocast(x.device.type, enabled=False):  # in the networks' own dtype, as coordinatewise does
+                x = x.to(self.output(group).weight.dtype)
+                if not self.recurrent:
+                    return self.mlps[group](x)[..., 0].to(g.dtype)  # m on every coordinate
+                state = None  # (h, c) [B * P, H], zero at first
+                for x_s in x:  # d reads the S gradients in turn: [B, P, 2] each
+                    state = self.cells[group](x_s.reshape(-1, 2), state)
+                return self.heads[group](state[0]).view(x.shape[1:-1]).to(g.dtype)
+        return self.coordinatewise(group, x).to(g.dtype)
 
     def coordinatewise(self, group: str, x: Tensor) -> Tensor:
         """The same networks on features x [..., P, 2] through ``coordinatewise``, in float32 (the speed-up)."""

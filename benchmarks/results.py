@@ -75,9 +75,11 @@ def today() -> str:
 
 
 def commit() -> str:
-    """The commit of the code that ran, with ``+dirty`` when the tracked files differ from it."""
+    """The commit of the code that ran, with ``+dirty`` when the tracked files differ from it, apart from the files
+    that ``record`` itself writes (records written one after another would otherwise all be dirty but the first)."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+    written = [f":(exclude){path.relative_to(ROOT)}" for path in (JSON, MARKDOWN, README) if path.is_relative_to(ROOT)]
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", *written], cwd=ROOT).returncode != 0
     return (head or "unknown") + ("+dirty" if dirty else "")
 
 

@@ -108,3 +108,30 @@ def test_config_speed_takes_turns_and_records_the_median_of_each_variant(tmp_pat
     assert entry["variants"]["b"].startswith("OFFSET=100 --model.meta_batch loop tree at commit")
     assert (entry["algorithm"], entry["dataset"], entry["config"]) == ("protonet", "omniglot", "proto.yaml")
     assert "| proto.yaml | 2.000 | 109.000 | 54.50 |" in (out / "RESULTS.md").read_text()
+
+
+def test_a_record_names_its_commit_clean_when_only_the_records_changed(tmp_path, monkeypatch):
+    """results.commit() in a scratch repository: the files record() writes (results.json, RESULTS.md, README.md)
+    do not make the tree dirty; any other tracked change does."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "benchmarks").mkdir()
+    paths = [tmp_path / "benchmarks" / "results.json", tmp_path / "RESULTS.md", tmp_path / "README.md",
+             tmp_path / "code.py"]
+    for path in paths:
+        path.write_text("before\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "HEAD")
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    monkeypatch.setattr(results, "JSON", paths[0])
+    monkeypatch.setattr(results, "MARKDOWN", paths[1])
+    monkeypatch.setattr(results, "README", paths[2])
+    for path in paths[:3]:
+        path.write_text("after\n")
+    assert results.commit() == head
+    paths[3].write_text("after\n")
+    assert results.commit() == head + "+dirty"

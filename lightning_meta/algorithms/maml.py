@@ -43,7 +43,8 @@ class MAML(GradientLearner, InnerStepPictures):
         eval_inner_lr: their step size (default: ``inner_lr``).
         first_order: drop the second derivatives (first-order MAML).
         meta_batch: ``vmap`` runs the tasks of a meta-batch as one vectorised computation (``torch.func.vmap``),
-            ``loop`` one after another; both compute the same numbers.
+            ``loop`` one after another; both compute the same numbers. vmap is faster where one task's work is
+            small (few, small images), loop where it is large (docs/algorithms.md gives the rule measured).
         batch_norm: query statistics, ``transductive`` (the paper) or ``support``; see ``GradientLearner``.
         **kwargs: outer optimiser settings (Adam, β = ``lr``), see :class:`MetaLearner`.
     """

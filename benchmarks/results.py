@@ -370,7 +370,7 @@ def render(records: list[dict]) -> str:
             alphabets = ", ".join(f"{name} {c}/{n}" for name, (c, n) in r["per_alphabet"].items())
             lines.append(f"| {r['algorithm']} | {r['checkpoint']} (step {r['global_step']}) | "
                          f"**{r['correct']} / {r['queries']} ({100 * r['correct'] / r['queries']:.1f}%)** | "
-                         f"{alphabets} | {r['commit'][:12]} | {r['hardware']} | {r['date']} |")
+                         f"{alphabets} | {short_commit(r['commit'])} | {r['hardware']} | {r['date']} |")
         lines += commands(predictions)
     lines += config_speed_section([r for r in records if r["kind"] == "config_speed"])
     throughput = [r for r in records if r["kind"] == "throughput"]
@@ -386,6 +386,12 @@ def render(records: list[dict]) -> str:
                              f"{value:.2f} | {r['hardware']} | {r['date']} |")
         lines += commands(throughput)
     return "\n".join(lines)
+
+
+def short_commit(commit: str) -> str:
+    """A record's commit in 12 digits, keeping its ``+dirty``."""
+    head, plus, dirty = commit.partition("+")
+    return head[:12] + plus + dirty
 
 
 def config_speed_section(records: list[dict]) -> list[str]:
@@ -406,7 +412,7 @@ def config_speed_section(records: list[dict]) -> list[str]:
             rates = [r["rates"][n] for n in names]
             lines.append(f"| {r['config']} | " + " | ".join(f"{v:.3f}" for v in rates) + " | " +
                          " | ".join(f"{v / rates[0]:.2f}" for v in rates[1:]) +
-                         f" | {r['commit'][:12]} | {r['hardware']} | {r['date']} |")
+                         f" | {short_commit(r['commit'])} | {r['hardware']} | {r['date']} |")
         lines += ["", "Commands:", "", *sorted({f"- `{r['command']}`" for r in group})]
     return lines + [""]
 

@@ -33,7 +33,7 @@ class Episode:
     query: Tensor  # [T, N*Q, *x]
     query_labels: Tensor  # [T, N*Q]
     n_way: int  # N (0 for regression)
-    keys: Tensor | None = None  # [T] int64, each task's key (None, for episodes built by hand: 0 .. T-1)
+    keys: Tensor | None = None  # [T] int64 on the CPU, each task's key (None, for episodes built by hand: 0 .. T-1)
 
     def tasks(self) -> list[Episode]:
         """The task batch as single-task episodes (leading dimension 1); ``collate_episodes`` is the inverse."""

@@ -62,7 +62,7 @@ def generators(episode: Episode) -> list[torch.Generator]:
 def test_verification_pairs_are_balanced_distinct_and_correctly_labelled():
     torch.manual_seed(0)
     labels = torch.stack([torch.arange(4).repeat_interleave(3)[torch.randperm(12)] for _ in range(3)])  # [3, 12]
-    first, second, same = verification_pairs(labels, [torch.Generator().manual_seed(t) for t in range(3)])
+    first, second, same = verification_pairs(labels, [torch.Generator().manual_seed(t) for t in range(3)], 4)
     # 4 classes of 3: 4 * 3 = 12 same-class pairs, 6 * 9 = 54 different-class ones; P = 12
     assert first.shape == second.shape == same.shape == (3, 24)
     assert (same.sum(1) == 12).all()
@@ -78,7 +78,7 @@ def test_verification_pairs_are_drawn_uniformly():
     labels = torch.tensor([[0, 0, 0, 1, 1, 1]])
     counts = torch.zeros(6, 6)
     for key in range(900):
-        first, second, same = verification_pairs(labels, [torch.Generator().manual_seed(key)])
+        first, second, same = verification_pairs(labels, [torch.Generator().manual_seed(key)], 2)
         assert same.sum() == 6
         counts[first[0], second[0]] += 1
     different = counts[:3, 3:]
@@ -96,7 +96,7 @@ def test_siamese_pairs_depend_on_the_task_key_alone():
     drawn = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        drawn.append(verification_pairs(labels.expand(3, 10), generators(episode)))
+        drawn.append(verification_pairs(labels.expand(3, 10), generators(episode), 5))
     assert all(torch.equal(a, b) for a, b in zip(*drawn))
     first, second, _ = drawn[0]
     pairs = [set(zip(first[t].tolist(), second[t].tolist())) for t in range(3)]
@@ -119,7 +119,7 @@ def test_siamese_training_loss_is_the_balanced_binary_cross_entropy():
     episode = Episode(torch.randn(1, 4, 3), torch.tensor([[0, 0, 1, 1]]), torch.randn(1, 2, 3),
                       torch.tensor([[1, 0]]), 2)
     loss, _ = model.meta_loss(episode)
-    first, second, same = verification_pairs(torch.tensor([[0, 0, 1, 1, 1, 0]]), generators(episode))
+    first, second, same = verification_pairs(torch.tensor([[0, 0, 1, 1, 1, 0]]), generators(episode), 2)
     x = torch.cat([episode.support, episode.query], 1)[0]
     expected = 0.0
     for a, b, s in zip(first[0], second[0], same[0]):

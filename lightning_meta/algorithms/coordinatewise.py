@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_meta.precision import autocast_off
+
 CHUNK = 8192  # coordinates at a time, of the LSTM
 LINES = ((0, -1.0), (1, 1.0), (1, -1.0))  # the lines (fixed feature, its value) of the MLP's inputs
 
@@ -174,7 +176,7 @@ def _pieces(W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor, w3: Tensor, b3: Tens
 
 def lstm(cell: nn.LSTMCell, head: nn.Linear, x: Tensor) -> Tensor:
     """head(h_S) after ``cell`` reads x[0], ..., x[S-1] from a zero state, for every coordinate: [S, N, 2] -> [N]."""
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_off(x.device.type):
         return _LSTMFunction.apply(x, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh, head.weight,
                                    head.bias)
 
@@ -183,7 +185,7 @@ def mlp(net: nn.Sequential, x: Tensor) -> Tensor:
     """``net`` (Linear, ReLU, Linear, ReLU, Linear to 1) for every coordinate: [N, 2] -> [N]. Coordinates on the lines
     x[0] = −1, x[1] = 1 and x[1] = −1 are computed by pieces (see the module docstring), any others through ``net``."""
     first, _, second, _, out = net
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_off(x.device.type):
         x = x.float()
         W1, b1, W2, b2, w3, b3 = _float32(first.weight, first.bias, second.weight, second.bias, out.weight, out.bias)
         line = torch.full_like(x[:, 0], len(LINES), dtype=torch.long)  # the line of each coordinate, else len(LINES)

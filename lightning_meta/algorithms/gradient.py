@@ -24,6 +24,7 @@ from lightning_meta.algorithms.base import MetaLearner, fixed_output_task
 from lightning_meta.backbones import MetaBatchNorm, build_backbone, with_meta_batch_norm
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
+from lightning_meta.precision import autocast_dtype, autocast_off
 
 Params = dict[str, Tensor]
 
@@ -146,7 +147,7 @@ class GradientLearner(MetaLearner):
         examples, unscaled, would underflow in float16, and the outer loss scaling never reaches it. bfloat16
         has float32's range, so under ``bf16-mixed`` it runs in bfloat16 like the rest."""
         device = x.device.type
-        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16:
-            with torch.autocast(device, enabled=False):
+        if autocast_dtype(device) == torch.float16:
+            with autocast_off(device):
                 return torch.func.grad(self.batch_loss)(params, x.float(), y)
         return torch.func.grad(self.batch_loss)(params, x, y)

@@ -51,6 +51,7 @@ from lightning_meta.algorithms import coordinatewise
 from lightning_meta.algorithms.base import MetaLearner, attention_scale, fixed_output_task, register
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
+from lightning_meta.precision import autocast_off
 
 Params = dict[str, Tensor]
 INIT_STD = 0.01  # of the output weights of d and m
@@ -156,7 +157,7 @@ class WeightGenerator(nn.Module):
         turn) -> [B, P], its output after the last."""
         x = preprocess(g.detach())  # [..., P, 2]
         if not speedups.enabled():
-            with torch.autocast(x.device.type, enabled=False):  # in the networks' own dtype, as coordinatewise does
+            with autocast_off(x.device.type):  # in the networks' own dtype, as coordinatewise does
                 x = x.to(self.output(group).weight.dtype)
                 if not self.recurrent:
                     return self.mlps[group](x)[..., 0].to(g.dtype)  # m on every coordinate

@@ -86,7 +86,8 @@ class Reptile(GradientLearner, InnerStepPictures):
         moment v; returns W and the moment after the steps."""
         hp = self.hparams
         W = theta
-        for t, i in enumerate(batches, start=int(self.inner_t) + 1):
+        for s, i in enumerate(batches, start=1):
+            t = self.inner_t.double() + s  # Adam's step number, as a tensor: reading it would wait for the device
             g = self.inner_grad(W, x[i], y[i])
             if hp.inner_optimizer == "sgd":
                 W = {k: p - hp.inner_lr * g[k] for k, p in W.items()}

@@ -26,13 +26,14 @@ from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
 
 
-def verification_pairs(labels: Tensor, generators: list[torch.Generator]) -> tuple[Tensor, Tensor, Tensor]:
+def verification_pairs(labels: Tensor, generators: list[torch.Generator], n_way: int) -> tuple[Tensor, Tensor, Tensor]:
     """Balanced verification pairs among the examples of each task: every task gets P same-class and P
     different-class pairs of distinct examples, drawn uniformly without replacement from its own generator, with P
-    the smaller of the two counts available.
+    the smaller of the two counts available. A training episode has M / N examples of each of its N classes, so P
+    follows from the shapes alone (no value is read back from the device).
 
     Args:
-        labels: [T, M] the class of each example.
+        labels: [T, M] the class of each example, M / N examples of each class.
         generators: one CPU generator per task (``Episode.generator``), so that a task gets the same pairs in any
             batch, on any rank and after a resume.
     Returns:
@@ -41,7 +42,9 @@ def verification_pairs(labels: Tensor, generators: list[torch.Generator]) -> tup
     M = labels.shape[1]
     first, second = torch.triu_indices(M, M, offset=1, device=labels.device)  # every unordered pair, [M(M-1)/2]
     same = labels[:, first] == labels[:, second]  # [T, M(M-1)/2]
-    P = int(min(same.sum(1).min(), (~same).sum(1).min()))
+    pairs, per_class = M * (M - 1) // 2, M // n_way
+    same_pairs = n_way * per_class * (per_class - 1) // 2
+    P = min(same_pairs, pairs - same_pairs)
     # a random order of the pairs of each task, from the task's own generator
     keys = torch.stack([torch.rand(first.shape[0], generator=g) for g in generators]).to(labels.device)
     chosen = torch.cat([keys.masked_fill(~same, -1).topk(P, dim=1).indices,  # P same-class pairs
@@ -86,7 +89,8 @@ class Siamese(MetricLearner):
         z_support, z_query = self.embed(episode)
         z = torch.cat([z_support, z_query], dim=1)  # every labelled image of the episode, [T, M, D]
         labels = torch.cat([episode.support_labels, episode.query_labels], dim=1)
-        first, second, same = verification_pairs(labels, [episode.generator(t, "pairs") for t in range(z.shape[0])])
+        generators = [episode.generator(t, "pairs") for t in range(z.shape[0])]
+        first, second, same = verification_pairs(labels, generators, episode.n_way)
         task = torch.arange(z.shape[0], device=z.device)[:, None]
         logits = self.logit(z[task, first], z[task, second])  # [T, 2P]
         loss = F.binary_cross_entropy_with_logits(logits, same.to(logits.dtype))

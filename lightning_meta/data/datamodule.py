@@ -154,6 +154,14 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
         """uint8 images to floats in [0, 1], then per-channel normalisation if mean and std are set."""
         return images if images.dtype != torch.uint8 else normalise(images, self.mean, self.std)
 
+    def transfer_batch_to_device(self, batch: Episode, device: torch.device, dataloader_idx: int) -> Episode:
+        """Moves the episode's tensors to ``device`` but its task keys, which stay on the CPU: they seed CPU
+        generators (``Episode.generator``), and reading them from an accelerator would wait for it at every task."""
+        keys, batch.keys = batch.keys, None
+        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        batch.keys = keys
+        return batch
+
     def on_after_batch_transfer(self, batch: Episode, dataloader_idx: int) -> Episode:
         batch.support, batch.query = self.to_float(batch.support), self.to_float(batch.query)
         return batch

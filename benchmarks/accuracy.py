@@ -23,7 +23,7 @@ import argparse
 import os
 from pathlib import Path
 
-from results import ROOT, TrainedRun, hardware, parse_with_settings, record, this_command, today, train_config
+from results import ROOT, TrainedRun, parse_with_settings, record, train_config
 
 SHAPES = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 
@@ -38,25 +38,27 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="test this earlier benchmark run folder instead of training")
     parser.add_argument("--eval_inner_steps", type=int, nargs="+", default=[None],
                         help="inner steps at test time (MAML, Reptile; default: the config's)")
+    parser.add_argument("--budget", type=float, help="minutes of training time at most (validation apart)")
     args, overrides = parse_with_settings(parser)
     if overrides and args.run:
         parser.error(f"{' '.join(overrides)}: settings for train.py apply when training, not with --run")
-    run = TrainedRun.load(args.run) if args.run else train_config(args.config, args.log_root, overrides)
+    if args.run:
+        run = TrainedRun.load(args.run)
+    else:
+        run = train_config(args.config, args.log_root, overrides, args.budget)
     data = run.data()
     for shape in args.shapes:
         ways, shots = SHAPES[shape]
         for steps in args.eval_inner_steps:
             overrides = [] if steps is None else ["--model.eval_inner_steps", str(steps)]
-            acc, ci95, note = run.test("--data.eval_n_way", str(ways), "--data.eval_k_shot", str(shots),
-                                       "--data.test_episodes", str(args.test_episodes), *overrides)
+            acc, ci95, note, test_minutes = run.test("--data.eval_n_way", str(ways), "--data.eval_k_shot", str(shots),
+                                                     "--data.test_episodes", str(args.test_episodes), *overrides)
             print(f"{shape}{'' if steps is None else f', {steps} inner steps'}: {acc:.2f} ± {ci95:.2f}")
             record({
-                "kind": "accuracy", "algorithm": args.label or run.algorithm, "dataset": run.dataset[0],
-                "split": run.dataset[1], "ways": ways, "shots": shots,
-                "within_alphabet": bool(data.get("within_alphabet")), "inner_steps": steps,
-                "test_episodes": args.test_episodes, "acc": acc, "ci95": ci95, "train_minutes": run.minutes,
-                "train_steps": run.steps, "hardware": hardware(), "date": today(), "command": this_command(),
-                "note": note,
+                "kind": "accuracy", "algorithm": args.label or run.algorithm, **run.fields(test_minutes),
+                "ways": ways, "shots": shots, "within_alphabet": bool(data.get("within_alphabet")),
+                "inner_steps": steps, "test_episodes": args.test_episodes, "acc": acc, "ci95": ci95,
+                "budget": None if args.budget is None else f"{args.budget:g} min of training", "note": note,
             })  # fmt: skip
 
 

@@ -14,7 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
-from results import ROOT, hardware, record, this_command, today, train_config
+from results import ROOT, record, train_config
 
 LABELS = {"mann": "mann", "mann_lstm_baseline": "mann, LSTM baseline (memory: false)"}
 
@@ -28,16 +28,14 @@ def main() -> None:
     for config in args.configs:
         run = train_config(config, args.log_root)
         data = run.data()
-        metrics, note = run.test_all("--data.test_episodes", str(args.test_episodes))
+        metrics, note, test_minutes = run.test_all("--data.test_episodes", str(args.test_episodes))
         instances = {name.removeprefix("acc_instance_"): figures for name, figures in metrics.items()
                      if name.startswith("acc_instance_")}
         print(config, ", ".join(f"instance {n}: {mean:.2f} ± {ci95:.2f}" for n, (mean, ci95) in instances.items()))
         record({
             "kind": "instances", "algorithm": LABELS.get(Path(config).stem, Path(config).stem),
-            "dataset": "omniglot", "split": data["split"], "ways": data["n_way"], "shots": data["k_shot"],
-            "within_alphabet": False, "inner_steps": None, "instances": instances,
-            "test_episodes": args.test_episodes, "train_minutes": run.minutes, "train_steps": run.steps,
-            "hardware": hardware(), "date": today(), "command": this_command(), "note": note,
+            **run.fields(test_minutes), "ways": data["n_way"], "shots": data["k_shot"], "within_alphabet": False,
+            "inner_steps": None, "instances": instances, "test_episodes": args.test_episodes, "note": note,
         })  # fmt: skip
 
 

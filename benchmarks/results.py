@@ -1,13 +1,19 @@
 """Benchmark records: ``benchmarks/results.json`` (a list of records) and ``RESULTS.md`` made from it.
 
-A new measurement replaces the record with the same kind, algorithm, dataset, split, ways, shots and
-within_alphabet, so re-running a benchmark updates its rows and leaves the others alone.
+The records are append-only (docs/benchmarks.md, "The results protocol"). ``record`` adds records at the end and
+never changes or removes one; a new record that measures what a current one measured (the same ``identity``: the
+same kind, algorithm, config, shape, budget, settings and seeds) supersedes it, which the new record says in
+``supersedes`` (the earlier records' numbers, counted from 1), and RESULTS.md shows which records are current.
+``check`` is the schema every record meets; ``record`` refuses to write a list that fails it, and a test runs it on
+``results.json``. The first ``LEGACY_RECORDS`` records were written before this protocol, without a commit or seeds;
+they are frozen by their digest.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -31,8 +37,39 @@ README = Path(OTHER, "README.md") if OTHER else ROOT / "README.md"  # its result
 README_TABLE = ("<!-- the Omniglot table: written by benchmarks/results.py from results.json -->",
                 "<!-- end of the Omniglot table -->")
 TABLE_SHAPES = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}  # the Omniglot table's columns
+TABLE_PLAN = {  # algorithm: the configs benchmarks/table.py trains, and the shapes each trained model is tested on
+    "protonet": [("proto.yaml", ["5w1s", "20w1s"]), ("proto_5shot.yaml", ["5w5s", "20w5s"])],
+    "matching": [("matching.yaml", ["5w1s", "20w1s"]), ("matching_5shot.yaml", ["5w5s", "20w5s"])],
+    "relation": [("relation.yaml", ["5w1s", "20w1s"]), ("relation_5shot.yaml", ["5w5s", "20w5s"])],
+    "siamese": [("siamese.yaml", ["5w1s", "5w5s", "20w1s", "20w5s"])],
+    "maml": [("maml.yaml", ["5w1s", "5w5s"]), ("maml_20way.yaml", ["20w1s", "20w5s"])],
+    "fomaml": [("fomaml.yaml", ["5w1s", "5w5s"]), ("fomaml_20way.yaml", ["20w1s", "20w5s"])],
+    "reptile": [("reptile.yaml", ["5w1s", "5w5s"]), ("reptile_20way.yaml", ["20w1s", "20w5s"])],
+    "mann": [("mann.yaml", ["5w1s", "5w5s"])],  # 5 output units: 5-way only
+    "metanet": [("metanet.yaml", ["5w1s"]), ("metanet_20way.yaml", ["20w1s"])],
+    "meta_lstm": [("meta_lstm.yaml", ["5w1s"]), ("meta_lstm_5shot.yaml", ["5w5s"])],
+}
+CPU_SETTINGS = {  # train.py settings the benchmarks add to a config on the CPU (the configs' headers say why)
+    "meta_lstm.yaml": ["--trainer.precision", "bf16-mixed"],
+    "meta_lstm_5shot.yaml": ["--trainer.precision", "bf16-mixed"],
+}
 IDENTITY = ("kind", "algorithm", "dataset", "split", "ways", "shots", "within_alphabet", "inner_steps", "config",
-            "comparison")
+            "comparison", "budget", "settings", "train_seed", "eval_seed")  # what a record measures (see the docstring)
+
+SCHEMA = 2  # the records of the results protocol; the legacy ones have no "schema"
+LEGACY_RECORDS = 132
+LEGACY_SHA256 = "2f6f34f793d7c490c04479acac64dc56c5c10cc2893cd5e277492c29c92a6434"  # of json.dumps(them, sort_keys)
+COMMON_FIELDS = ("schema", "kind", "algorithm", "commit", "machine", "date", "command", "digest")
+MACHINE_FIELDS = ("cpu", "isa", "threads", "accelerator", "torch", "python")
+RUN_KINDS = ("accuracy", "table", "headline", "instances", "regression", "gpu_check")  # records of trained models
+RUN_FIELDS = ("config", "config_sha256", "dataset", "split", "settings", "train_seed", "eval_seed", "precision",
+              "batch_norm", "train_shape", "steps", "minutes", "test_episodes")
+MINUTES_FIELDS = ("train", "validation", "test")
+COMMIT = re.compile(r"^[0-9a-f]{40}(\+dirty)?$")
+
+
+class RecordError(ValueError):
+    """A record, or the list of records, that breaks the protocol: the message names the record and the field."""
 
 PAPER = {  # published test accuracy (%) by (algorithm, dataset, ways, shots); algorithms.md
     ("protonet", "omniglot", 5, 1): 98.8, ("protonet", "omniglot", 5, 5): 99.7,
@@ -60,14 +97,26 @@ SANTORO = {  # Santoro et al. (2016), Table 1: Omniglot accuracy (%) by instance
 }
 
 
+def machine() -> dict:
+    """The machine a record was measured on. ``isa`` is the vector width PyTorch's CPU kernels use: one model name
+    ("AMD EPYC") has covered a 2.7x slower AVX2 machine and an AVX512 one here."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+               platform.processor() or "unknown CPU")
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    accelerator = f"{len(gpus)} x {gpus[0]}" if gpus else "CPU only"
+    return {"cpu": cpu, "isa": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "accelerator": accelerator, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def machine_label(m: dict) -> str:
+    return (f"{m['cpu']} ({m['isa']}), {m['threads']} threads, {m['accelerator']}, torch {m['torch']}, "
+            f"Python {m['python']}")
+
+
 def hardware() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    threads = torch.get_num_threads()
-    isa = torch.backends.cpu.get_cpu_capability()  # the vector width PyTorch's kernels use: one model name ("AMD
-    # EPYC") has covered a 2.7x slower AVX2 machine and an AVX512 one here
-    return (f"{cpu} ({isa}), {threads} threads, CPU only, torch {torch.__version__}, "
-            f"Python {platform.python_version()}")
+    return machine_label(machine())
 
 
 def today() -> str:
@@ -141,12 +190,14 @@ class TrainedRun:
     closing_test: dict[str, tuple[float, float]]  # train.py's own test of the best checkpoint, with the config's shape
     dataset: list[str]  # [data set, split] as train.py names them, e.g. ["omniglot", "vinyals"]
     overrides: list[str] = field(default_factory=list)  # train.py settings given with the config, also when testing
+    output: str = ""  # train.py's standard output: its closing test and the timing callbacks' figures
 
     def save(self) -> None:
         """Writes what ``load`` needs into the run folder (``benchmark.json`` beside ``checkpoints/``)."""
         fields = {"config": self.config, "train_args": self.train_args, "minutes": self.minutes, "steps": self.steps,
                   "algorithm": self.algorithm, "best": self.best.name, "log": str(self.log),
-                  "closing_test": self.closing_test, "dataset": self.dataset, "overrides": self.overrides}
+                  "closing_test": self.closing_test, "dataset": self.dataset, "overrides": self.overrides,
+                  "output": self.output}
         (self.best.parents[1] / "benchmark.json").write_text(json.dumps(fields, indent=1) + "\n")
 
     @classmethod
@@ -156,11 +207,17 @@ class TrainedRun:
         fields["best"], fields["log"] = run / "checkpoints" / fields["best"], Path(fields["log"])
         fields.setdefault("closing_test", {})  # runs recorded before train.py's test was kept
         fields.setdefault("dataset", ["omniglot", data_settings(run).get("split")])  # recorded before other data
+        fields.setdefault("output", "")  # recorded before the output was kept
         return cls(**fields)
 
     def data(self) -> dict:
         """The run's data settings (see :func:`data_settings`)."""
         return data_settings(self.best.parents[1])
+
+    def fields(self, test_minutes: float | None) -> dict:
+        """What a record says about this run's training (:func:`run_fields`)."""
+        fields = run_fields(self.best.parents[1], self.config, self.overrides, self.output, test_minutes)
+        return {**fields, "dataset": self.dataset[0], "split": self.dataset[1]}
 
     def is_closing_test(self, overrides: tuple[str, ...]) -> bool:
         """Whether testing with ``overrides`` repeats train.py's closing test: they only restate the config's own
@@ -172,37 +229,43 @@ class TrainedRun:
         pairs = dict(zip(overrides[::2], overrides[1::2]))
         return bool(self.closing_test) and all(key in own and str(own[key]) == value for key, value in pairs.items())
 
-    def test(self, *overrides: str, metric: str = "acc") -> tuple[float, float, str]:
-        """Tests the best checkpoint with ``overrides``: the metric's mean, its 95% CI, and a note saying how
-        the figure was made."""
-        metrics, note = self.test_all(*overrides)
-        return *metrics[metric], note
+    def test(self, *overrides: str, metric: str = "acc") -> tuple[float, float, str, float | None]:
+        """Tests the best checkpoint with ``overrides``: the metric's mean, its 95% CI, a note saying how the figure
+        was made, and the test's minutes."""
+        metrics, note, minutes = self.test_all(*overrides)
+        return *metrics[metric], note, minutes
 
-    def test_all(self, *overrides: str) -> tuple[dict[str, tuple[float, float]], str]:
+    def test_all(self, *overrides: str) -> tuple[dict[str, tuple[float, float]], str, float | None]:
         """Tests the best checkpoint with ``overrides``: every test metric train.py prints (name without
-        ``test/`` -> mean and 95% CI), and a note saying how the figures were made. Where that test is train.py's
-        closing test, its figures are taken rather than computed again."""
+        ``test/`` -> mean and 95% CI), a note saying how the figures were made, and the test's minutes. Where that
+        test is train.py's closing test, its figures are taken rather than computed again."""
         if self.is_closing_test(overrides):
             note = (f"Trained and tested by `{command_line(['train.py', *self.train_args])}` ({self.minutes:.1f} min "
                     f"wall clock, validation and the test included); the figures are its closing test, of the best "
                     f"checkpoint {self.best.name}.")
-            return self.closing_test, note
+            return self.closing_test, note, timed(self.output, "test minutes")
         test_args = ["--config", self.config, *self.overrides, "--ckpt_path", str(self.best), "--test_only", "true",
-                     *overrides, "--trainer.enable_progress_bar", "false"]
-        metrics = parse_test_metrics(train_py(*test_args, log=self.log))
+                     *overrides, "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=timing.TestTimer"]
+        out = train_py(*test_args, log=self.log)
         shown = ["BEST" if arg == str(self.best) else arg for arg in test_args]
         note = (f"Trained by `{command_line(['train.py', *self.train_args])}` ({self.minutes:.1f} min wall clock, "
                 f"validation included); best checkpoint {self.best.name}, tested by "
                 f"`{command_line(['train.py', *shown])}`.")
-        return metrics, note
+        return parse_test_metrics(out), note, timed(out, "test minutes")
 
 
-def train_config(config: str, log_root: str, overrides: Sequence[str] = ()) -> TrainedRun:
-    """Runs ``train.py --config config *overrides`` (fit, then test of the best checkpoint) and times it."""
+def train_config(config: str, log_root: str, overrides: Sequence[str] = (), budget: float | None = None) -> TrainedRun:
+    """Runs ``train.py --config config *overrides`` (fit, then test of the best checkpoint) and times it: training
+    and validation apart (``timing.TrainingClock``, which stops training after ``budget`` minutes of training time
+    where one is given) and the test (``timing.TestTimer``)."""
     name = Path(config).stem
     log = Path(log_root) / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    train_args = ["--config", config, *overrides, "--log_root", log_root, "--trainer.enable_progress_bar", "false"]
+    clock = ["--trainer.callbacks+=timing.TrainingClock", *([] if budget is None else ["--trainer.callbacks.budget",
+                                                                                     f"{budget:g}"]),
+             "--trainer.callbacks+=timing.TestTimer"]
+    train_args = ["--config", config, *overrides, "--log_root", log_root, "--trainer.enable_progress_bar", "false",
+                  *clock]
     start = time.perf_counter()
     out = train_py(*train_args, log=log)
     minutes = (time.perf_counter() - start) / 60
@@ -211,9 +274,36 @@ def train_config(config: str, log_root: str, overrides: Sequence[str] = ()) -> T
     best = next((run / "checkpoints").glob("best-*.ckpt"))
     algorithm = last["lightning_meta"]["algorithm"]
     trained = TrainedRun(config, train_args, minutes, last["global_step"], algorithm, best, log,
-                         parse_test_metrics(out), parse_dataset(out), list(overrides))
+                         parse_test_metrics(out), parse_dataset(out), list(overrides), out)
     trained.save()
     return trained
+
+
+def timed(out: str, what: str) -> float | None:
+    """A figure printed by the callbacks of benchmarks/timing.py (``timed: 9.98 training minutes``)."""
+    found = re.search(rf"^timed: ([\d.]+) {what}$", out, re.M)
+    return float(found[1]) if found else None
+
+
+def run_fields(run: Path, config: str, settings: list[str], fit_out: str, test_minutes: float) -> dict:
+    """What a record of a trained model says about its training, from the run folder train.py wrote (its resolved
+    config.yaml and last.ckpt) and the output of the timing callbacks (``TrainingClock``, ``TestTimer``)."""
+    resolved = (run / "config.yaml").read_text()
+    settings_of = yaml.safe_load(resolved)
+    data, model = settings_of["data"]["init_args"], settings_of["model"].get("init_args", {})
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    dataset, split = parse_dataset(fit_out)
+    return {
+        "config": config, "config_sha256": hashlib.sha256(resolved.encode()).hexdigest(), "dataset": dataset,
+        "split": split, "settings": list(settings), "train_seed": settings_of.get("seed_everything"),
+        "eval_seed": data.get("eval_seed"), "precision": settings_of["trainer"].get("precision") or "32-true",
+        "batch_norm": model.get("batch_norm", "none"),  # "none": the algorithm has no such setting
+        "train_shape": {"ways": data.get("n_way"), "shots": data.get("k_shot"), "queries": data.get("n_query"),
+                        "tasks": data.get("tasks_per_batch", 1)},
+        "steps": last["global_step"],
+        "minutes": {"train": timed(fit_out, "training minutes"), "validation": timed(fit_out, "validation minutes"),
+                    "test": test_minutes},
+    }  # fmt: skip
 
 
 def parse_test_metrics(out: str) -> dict[str, tuple[float, float]]:
@@ -229,17 +319,116 @@ def parse_dataset(out: str) -> list[str]:
     return [dataset, split]
 
 
+def digest(entry: dict) -> str:
+    """The SHA-256 of a record without its ``digest``: a record changed after ``record`` wrote it fails ``check``."""
+    rest = {k: v for k, v in entry.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def legacy_count(records: list[dict]) -> int:
+    """How many records at the start have no schema: the legacy ones (none in a new results file)."""
+    return next((n for n, r in enumerate(records) if "schema" in r), len(records))
+
+
+def identity(entry: dict) -> tuple:
+    return tuple(json.dumps(entry.get(k)) for k in IDENTITY)
+
+
+def superseded(records: list[dict]) -> set[int]:
+    """The numbers (from 1) of the records a later record supersedes."""
+    return {n for r in records for n in r.get("supersedes", [])}
+
+
+def current(records: list[dict]) -> list[dict]:
+    """The records no later record supersedes, in order."""
+    gone = superseded(records)
+    return [r for n, r in enumerate(records, 1) if n not in gone]
+
+
+def check(records: list[dict]) -> None:
+    """Raises RecordError at the first record that breaks the schema: the legacy records as they were written;
+    after them, every record of schema 2 with every common field (and, for a trained model, every run field), its
+    digest intact, superseding earlier records only, and no two current records measuring the same thing."""
+    legacy = records[:legacy_count(records)]
+    if legacy and hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest() != LEGACY_SHA256:
+        raise RecordError(f"records 1 to {len(legacy)} have no schema: only the {LEGACY_RECORDS} records written "
+                          "before the results protocol may lack one, and they are frozen (changed, moved or removed "
+                          "here: restore benchmarks/results.json from git)")
+    for n, r in enumerate(records[len(legacy):], len(legacy) + 1):
+        where = f"record {n} ({r.get('kind')}, {r.get('algorithm')})"
+        if r.get("schema") != SCHEMA:
+            raise RecordError(f"{where}: schema is {r.get('schema')!r}, not {SCHEMA}")
+        fields = COMMON_FIELDS + (RUN_FIELDS if r.get("kind") in RUN_KINDS else ())
+        missing = [k for k in fields if k not in r] + [f"machine.{k}" for k in MACHINE_FIELDS
+                                                       if k not in r.get("machine", {})]
+        if r.get("kind") in RUN_KINDS and "minutes" in r:
+            missing += [f"minutes.{k}" for k in MINUTES_FIELDS if k not in r["minutes"]]
+        if missing:
+            raise RecordError(f"{where}: missing {', '.join(missing)}")
+        if not COMMIT.match(r["commit"]):
+            raise RecordError(f"{where}: commit {r['commit']!r} is not a 40-digit git commit (+dirty)")
+        if r["digest"] != digest(r):
+            raise RecordError(f"{where}: its digest does not match its contents (edited after it was written)")
+        if not all(isinstance(k, int) and 1 <= k < n for k in r.get("supersedes", [])):
+            raise RecordError(f"{where}: supersedes {r['supersedes']} (only earlier records, by number)")
+    seen: dict[tuple, int] = {}
+    for n, r in enumerate(records, 1):
+        if n in superseded(records) or n <= len(legacy):
+            continue
+        if identity(r) in seen:
+            raise RecordError(f"record {n} ({r['kind']}, {r['algorithm']}) measures what record {seen[identity(r)]} "
+                              "measured, and neither supersedes the other")
+        seen[identity(r)] = n
+
+
+def stamped(entry: dict, records: list[dict]) -> dict:
+    """``entry`` as a record of schema 2: the commit, machine, date and command filled in where the script left them
+    out, the current records it supersedes, and its digest."""
+    entry = {"schema": SCHEMA, **entry}
+    entry.setdefault("commit", commit())
+    entry.setdefault("machine", machine())
+    entry.setdefault("hardware", machine_label(entry["machine"]))
+    entry.setdefault("date", today())
+    entry.setdefault("command", this_command())
+    gone = superseded(records)
+    earlier = [n for n, r in enumerate(records, 1)
+               if n > legacy_count(records) and n not in gone and identity(r) == identity(entry)]
+    if earlier:
+        entry["supersedes"] = earlier
+    entry["digest"] = digest(entry)
+    return entry
+
+
+def measured_here(**match: object) -> list[dict]:
+    """The current records of the protocol with the ``match`` values, made at this commit on this machine (same CPU
+    model, instruction set, threads and accelerator): what a resumable benchmark skips."""
+    here, now = machine(), commit()
+    same = ("cpu", "isa", "threads", "accelerator")
+    return [r for r in current(load()) if "schema" in r and r["commit"] == now
+            and all(r.get(k) == v for k, v in match.items())
+            and all(r["machine"][k] == here[k] for k in same)]
+
+
+def load() -> list[dict]:
+    return json.loads(JSON.read_text()) if JSON.exists() else []
+
+
 def record(*entries: dict) -> None:
-    """Adds (or replaces) records and rewrites RESULTS.md and the README's copy of the Omniglot table."""
-    records = json.loads(JSON.read_text()) if JSON.exists() else []
+    """Appends records (``stamped``) and rewrites RESULTS.md and the README's copy of the Omniglot table. Nothing is
+    written unless the records, old and new, pass ``check``."""
+    records = load()
     for entry in entries:
-        records = [r for r in records if tuple(r.get(k) for k in IDENTITY) != tuple(entry.get(k) for k in IDENTITY)]
-        records.append(entry)
-    records.sort(key=lambda r: tuple(str(r.get(k)) for k in IDENTITY))
+        records.append(stamped(entry, records))
+    check(records)
     JSON.write_text(json.dumps(records, indent=1) + "\n")
+    write_pages(records)
+
+
+def write_pages(records: list[dict]) -> None:
+    """RESULTS.md and the README's copy of the Omniglot table, from the records."""
     MARKDOWN.write_text(render(records))
     if README.exists():
-        README.write_text(with_readme_table(README.read_text(), [r for r in records if r["kind"] == "table"]))
+        README.write_text(with_readme_table(README.read_text(), records))
 
 
 def speed_up_section(records: list[dict], title: str, variants: list[str], intro: list[str]) -> list[str]:
@@ -257,88 +446,125 @@ def speed_up_section(records: list[dict], title: str, variants: list[str], intro
     return lines + commands(records)
 
 
+def by_machine(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Rows grouped by the machine they were measured on, in order of first appearance: a table per machine."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["hardware"], []).append(r)
+    return list(groups.items())
+
+
+def trained(r: dict) -> str:
+    """A record's training: steps and minutes (training, then validation, for records of the protocol)."""
+    if "schema" in r:
+        minutes = r["minutes"]
+        return f"{r['steps']} steps, {minutes['train']:.1f} + {minutes['validation']:.1f} min"
+    return f"{r['train_steps']} steps, {r['train_minutes']:.1f} min"
+
+
+def provenance(r: dict) -> str:
+    """The commit of a record, or that it was made before records named one."""
+    return short_commit(r["commit"]) if r.get("commit") else "before the protocol"
+
+
 def render(records: list[dict]) -> str:
+    live = current(records)
     lines = ["# Results", "",
              "Made by the scripts in `benchmarks/` from `benchmarks/results.json`; do not edit by hand.",
              "Accuracy is the mean query accuracy over the test episodes with its 95% confidence interval",
-             "(1.96 · s / √n), in percent. Every row names the command that produced it.", ""]
-    table = [r for r in records if r["kind"] == "table"]
+             "(1.96 · s / √n), in percent. Every row names the command that produced it, and every table the machine.",
+             "Records of the results protocol (docs/benchmarks.md) name their commit, seeds, precision, batch-norm",
+             "mode and trained shape; their minutes are training + validation (the budget counts training), with the",
+             "test's beside them. Records made before the protocol say so; superseded records are listed at the end.",
+             ""]
+    lines += headline_section([r for r in live if r["kind"] == "headline"])
+    lines += protocol_table_section([r for r in live if r["kind"] == "table" and "schema" in r])
+    table = [r for r in live if r["kind"] == "table" and "schema" not in r]
     if table:
         lines += table_section(table)
-    accuracy = [r for r in records if r["kind"] == "accuracy"]
+    accuracy = [r for r in live if r["kind"] == "accuracy"]
     if accuracy:
-        lines += ["## Accuracy", "",
-                  "| algorithm | dataset / split | episodes | test acc (%) | paper | test episodes | trained "
-                  "| hardware | date |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in accuracy:
-            within = ", within alphabet" if r.get("within_alphabet") else ""
-            steps = f", {r['inner_steps']} inner steps at test" if r.get("inner_steps") is not None else ""
-            key = (r["algorithm"], r["dataset"], r["ways"], r["shots"]) + (("within alphabet",) if within else ())
-            paper = PAPER.get(key)
-            episodes = f"{r['ways']}-way {r['shots']}-shot{within}{steps}"
-            lines.append(
-                f"| {r['algorithm']} | {r['dataset']} / {r['split']} | {episodes} | "
-                f"**{r['acc']:.2f} ± {r['ci95']:.2f}** | {paper if paper else '–'} | {r['test_episodes']} | "
-                f"{r['train_steps']} steps, {r['train_minutes']:.1f} min | {r['hardware']} | {r['date']} |")
+        lines += ["## Accuracy", ""]
+        for hardware, group in by_machine(accuracy):
+            lines += [f"Machine: {hardware}", "",
+                      "| algorithm | dataset / split | episodes | test acc (%) | paper | test episodes | trained "
+                      "| commit | date |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for r in group:
+                within = ", within alphabet" if r.get("within_alphabet") else ""
+                steps = f", {r['inner_steps']} inner steps at test" if r.get("inner_steps") is not None else ""
+                key = (r["algorithm"], r["dataset"], r["ways"], r["shots"]) + (("within alphabet",) if within else ())
+                paper = PAPER.get(key)
+                episodes = f"{r['ways']}-way {r['shots']}-shot{within}{steps}"
+                lines.append(
+                    f"| {r['algorithm']} | {r['dataset']} / {r['split']} | {episodes} | "
+                    f"**{r['acc']:.2f} ± {r['ci95']:.2f}** | {paper if paper else '–'} | {r['test_episodes']} | "
+                    f"{trained(r)} | {provenance(r)} | {r['date']} |")
+            lines.append("")
         lines += commands(accuracy)
-    regression = [r for r in records if r["kind"] == "regression"]
+    regression = [r for r in live if r["kind"] == "regression"]
     if regression:
         lines += ["## Sinusoid regression", "",
-                  "Mean squared error on the query points of the fixed test tasks, after fine-tuning on K points.",
-                  "",
-                  "| algorithm | K | inner steps at test | test MSE | test tasks | trained | hardware | date |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in regression:
-            lines.append(f"| {r['algorithm']} | {r['shots']} | {r['inner_steps']} | "
-                         f"**{r['mse']:.3f} ± {r['ci95']:.3f}** | {r['test_episodes']} | "
-                         f"{r['train_steps']} steps, {r['train_minutes']:.1f} min | {r['hardware']} | {r['date']} |")
+                  "Mean squared error on the query points of the fixed test tasks, after fine-tuning on K points.", ""]
+        for hardware, group in by_machine(regression):
+            lines += [f"Machine: {hardware}", "",
+                      "| algorithm | K | inner steps at test | test MSE | test tasks | trained | commit | date |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for r in group:
+                lines.append(f"| {r['algorithm']} | {r['shots']} | {r['inner_steps']} | "
+                             f"**{r['mse']:.3f} ± {r['ci95']:.3f}** | {r['test_episodes']} | {trained(r)} | "
+                             f"{provenance(r)} | {r['date']} |")
+            lines.append("")
         lines += commands(regression)
-    instances = [r for r in records if r["kind"] == "instances"]
+    instances = [r for r in live if r["kind"] == "instances"]
     if instances:
         numbers = sorted({int(n) for r in instances for n in r["instances"]})
         ordinal = {1: "1st", 2: "2nd", 3: "3rd"}
         lines += ["## Accuracy by instance", "",
                   "Sequences of 5 classes with 10 instances each (Santoro et al. 2016): the accuracy on the n-th",
-                  "instance of a class, i.e. after n − 1 labelled examples of it, over the test episodes.", "",
-                  "| algorithm | dataset / split | " + " | ".join(ordinal.get(n, f"{n}th") for n in numbers)
-                  + " | test episodes | trained | hardware | date |",
+                  "instance of a class, i.e. after n − 1 labelled examples of it, over the test episodes.", ""]
+        header = ["| algorithm | dataset / split | " + " | ".join(ordinal.get(n, f"{n}th") for n in numbers)
+                  + " | test episodes | trained | commit | date |",
                   "| --- | --- | " + " | ".join("---" for _ in numbers) + " | --- | --- | --- | --- |"]
+        lines += ["The paper's figures:", "", *header]
         for name, figures in SANTORO.items():
             lines.append(f"| {name} (paper) | omniglot | " + " | ".join(str(figures.get(n, "–")) for n in numbers)
                          + " | – | about 100,000 episodes | – | – |")
-        for r in instances:
-            cells = [f"**{r['instances'][str(n)][0]:.1f} ± {r['instances'][str(n)][1]:.1f}**"
-                     if str(n) in r["instances"] else "–" for n in numbers]
-            lines.append(f"| {r['algorithm']} | {r['dataset']} / {r['split']} | " + " | ".join(cells) + " | "
-                         f"{r['test_episodes']} | {r['train_steps']} steps, {r['train_minutes']:.1f} min | "
-                         f"{r['hardware']} | {r['date']} |")
+        lines.append("")
+        for hardware, group in by_machine(instances):
+            lines += [f"Machine: {hardware}", "", *header]
+            for r in group:
+                cells = [f"**{r['instances'][str(n)][0]:.1f} ± {r['instances'][str(n)][1]:.1f}**"
+                         if str(n) in r["instances"] else "–" for n in numbers]
+                lines.append(f"| {r['algorithm']} | {r['dataset']} / {r['split']} | " + " | ".join(cells) + " | "
+                             f"{r['test_episodes']} | {trained(r)} | {provenance(r)} | {r['date']} |")
+            lines.append("")
         lines += commands(instances)
     # The next four sections: one-off comparisons whose scripts have left benchmarks/ (docs/benchmarks.md names the
     # commits that hold them); their texts describe the runs recorded, with the code of that time.
     lines += speed_up_section(
-        [r for r in records if r["kind"] == "allocator"], "Allocator", ["glibc default", "freed memory kept"],
+        [r for r in live if r["kind"] == "allocator"], "Allocator", ["glibc default", "freed memory kept"],
         ["Training steps per second of each config with glibc's default allocator and with",
          "`keep_freed_memory` (lightning_meta/runtime.py), which train.py applies."])
     lines += speed_up_section(
-        [r for r in records if r["kind"] == "native_batch_norm"], "Batch norm kernel",
+        [r for r in live if r["kind"] == "native_batch_norm"], "Batch norm kernel",
         ["tensor operations", "native kernel"],
         ["Training steps per second of the learners that do not differentiate through their inner steps, with",
          "MetaBatchNorm in plain tensor operations (exact to every order under vmap) and through PyTorch's native",
          "kernel (exact to first order), which they use."])
     lines += speed_up_section(
-        [r for r in records if r["kind"] == "metanet_generators"], "Meta Networks' meta-learners",
+        [r for r in live if r["kind"] == "metanet_generators"], "Meta Networks' meta-learners",
         ["autograd (before)", "coordinate-wise (now)"],
         ["Training steps per second of Meta Networks with its meta-learners d (an LSTM) and m (an MLP) run on every",
          "weight coordinate through nn.LSTMCell and nn.Sequential under autograd, as before, and as the chunked",
          "coordinate-wise networks with hand-written backward passes (lightning_meta/algorithms/coordinatewise.py)."])
     lines += speed_up_section(
-        [r for r in records if r["kind"] == "metanet_pieces"], "Meta Networks' m by pieces",
+        [r for r in live if r["kind"] == "metanet_pieces"], "Meta Networks' m by pieces",
         ["layers in chunks (before)", "by pieces (now)"],
         ["Training steps per second of Meta Networks with its MLP m computed through its layers over chunks of",
          "coordinates (coordinatewise.py at commit 76620d3) and by pieces along the lines its inputs lie on (now),",
          "in one process, the two taking turns step by step (benchmarks/timing.py, `compare_interleaved`)."])
-    scaling = [r for r in records if r["kind"] == "ddp_bf16"]
+    scaling = [r for r in live if r["kind"] == "ddp_bf16"]
     if scaling:
         lines += ["## Distributed training and bfloat16", "",
                   "Training steps per second of each Omniglot 5-way 1-shot config with the same meta-batch of 2T tasks",
@@ -358,7 +584,7 @@ def render(records: list[dict]) -> str:
                          f"{bf16_acc[0]:.2f} ± {bf16_acc[1]:.2f} | {r['warmup'] + r['steps']} steps, "
                          f"{r['test_episodes']} test episodes | {r['hardware']} | {r['date']} |")
         lines += commands(scaling)
-    predictions = [r for r in records if r["kind"] == "predict"]
+    predictions = [r for r in live if r["kind"] == "predict"]
     if predictions:
         lines += ["## Prediction on your own images", "",
                   "Lake's one-shot task done with `train.py predict` (docs/predict.md): for each of Omniglot's 20",
@@ -372,8 +598,8 @@ def render(records: list[dict]) -> str:
                          f"**{r['correct']} / {r['queries']} ({100 * r['correct'] / r['queries']:.1f}%)** | "
                          f"{alphabets} | {short_commit(r['commit'])} | {r['hardware']} | {r['date']} |")
         lines += commands(predictions)
-    lines += config_speed_section([r for r in records if r["kind"] == "config_speed"])
-    throughput = [r for r in records if r["kind"] == "throughput"]
+    lines += config_speed_section([r for r in live if r["kind"] == "config_speed"])
+    throughput = [r for r in live if r["kind"] == "throughput"]
     if throughput:
         lines += ["## Throughput", "",
                   "| algorithm | episodes | path | unit | per second | hardware | date |",
@@ -385,6 +611,8 @@ def render(records: list[dict]) -> str:
                 lines.append(f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot | {path} | {unit} | "
                              f"{value:.2f} | {r['hardware']} | {r['date']} |")
         lines += commands(throughput)
+    lines += gpu_check_section([r for r in live if r["kind"] == "gpu_check"])
+    lines += superseded_section(records)
     return "\n".join(lines)
 
 
@@ -430,26 +658,31 @@ def table_cell(record: dict, shape: str) -> str:
 
 
 def table_section(table: list[dict]) -> list[str]:
-    """The Omniglot table of ``benchmarks/table.py``: one row per algorithm, and its throughput at 5-way 1-shot."""
-    lines = ["## Omniglot table", "",
-             "Every algorithm trained within the stated budget per config (`benchmarks/table.py`), tested on the same",
-             f"{table[0]['test_episodes']} test episodes of each shape (Omniglot vinyals split); mean ± 95% CI, the "
-             "paper's number in brackets.", "",
-             *table_header("trained", "budget", "hardware", "date")]
-    for r in table:
-        cells = []
-        for shape in TABLE_SHAPES:
-            paper = f" ({r['paper'][shape]})" if r["paper"].get(shape) else ""
-            cells.append(f"**{table_cell(r, shape)}**{paper}" if shape in r["cells"] else "–")
-        name = f"[{r['algorithm']}](#accuracy-by-instance)" if r["algorithm"] == "mann" else r["algorithm"]
-        trained = "; ".join(f"{t['config']}: {t['steps']} steps, {t['minutes']:.1f} min" for t in r["trainings"])
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {trained} | {r['budget']} | {r['hardware']} | "
-                     f"{r['date']} |")
-    lines += ["", "Throughput at 5-way 1-shot (from the runs above: training without validation, and the 5w1s test):",
-              "", "| algorithm | training episodes per second | test episodes per second |", "| --- | --- | --- |"]
+    """The Omniglot table as ``benchmarks/table.py`` made it before the results protocol: one row per algorithm, a
+    table per machine, and the throughput at 5-way 1-shot."""
+    lines = ["## Omniglot table, before the results protocol", "",
+             "Every algorithm trained within the stated budget per config, wall clock with validation and the test",
+             f"(`benchmarks/table.py` of that time), tested on the same {table[0]['test_episodes']} test episodes of "
+             "each shape (Omniglot vinyals split); mean ± 95% CI, the paper's number in brackets. These rows name no",
+             f"commit, and were made on {len(by_machine(table))} machines.", ""]
+    for hardware, group in by_machine(table):
+        lines += [f"Machine: {hardware}", "", *table_header("trained", "budget", "date")]
+        for r in group:
+            cells = []
+            for shape in TABLE_SHAPES:
+                paper = f" ({r['paper'][shape]})" if r["paper"].get(shape) else ""
+                cells.append(f"**{table_cell(r, shape)}**{paper}" if shape in r["cells"] else "–")
+            name = f"[{r['algorithm']}](#accuracy-by-instance)" if r["algorithm"] == "mann" else r["algorithm"]
+            steps = "; ".join(f"{t['config']}: {t['steps']} steps, {t['minutes']:.1f} min" for t in r["trainings"])
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {steps} | {r['budget']} | {r['date']} |")
+        lines.append("")
+    lines += ["Throughput at 5-way 1-shot (from the runs above: training without validation, and the 5w1s test):",
+              "", "| algorithm | training episodes per second | test episodes per second | machine |",
+              "| --- | --- | --- | --- |"]
     for r in table:
         rates = [r["throughput"].get(k) for k in ("training episodes", "test episodes")]
-        lines.append(f"| {r['algorithm']} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in rates) + " |")
+        lines.append(f"| {r['algorithm']} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in rates)
+                     + f" | {r['hardware'].split(', ')[0]} |")
     lines += ["", "Commands:", ""]
     for r in table:
         lines.append(f"- {r['algorithm']}: `{r['command']}`; trained by "
@@ -457,14 +690,192 @@ def table_section(table: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def with_readme_table(readme: str, table: list[dict]) -> str:
-    """``readme`` with the block between the ``README_TABLE`` markers replaced by the Omniglot table: the cells and
+def trained_on(r: dict) -> str:
+    """The episode shape a record's model was trained on."""
+    shape = r["train_shape"]
+    tasks = f", {shape['tasks']} tasks per step" if shape.get("tasks", 1) > 1 else ""
+    return f"{shape['ways']}-way {shape['shots']}-shot, {shape['queries']} queries{tasks}"
+
+
+def protocol_table_section(rows: list[dict]) -> list[str]:
+    """The Omniglot table of ``benchmarks/table.py`` under the results protocol: one table per commit and machine,
+    one row per trained config, in the order of ``TABLE_PLAN``; the configs still to be measured are named."""
+    if not rows:
+        return []
+    order = [config for plan in TABLE_PLAN.values() for config, _ in plan]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["commit"], r["hardware"]), []).append(r)
+    lines = ["## Omniglot table", "",
+             "Every algorithm's Omniglot configs, each trained for the stated budget of training time",
+             "(`benchmarks/table.py`), validation and the test timed apart; the best checkpoint by validation",
+             f"accuracy tested on the same {rows[0]['test_episodes']} test episodes of each shape (vinyals split),",
+             "mean ± 95% CI, the paper's number in brackets. Batch norm: the statistics used at test",
+             "(`transductive`: the episode's own; `running`: from training; `support`: the support set's; `none`: the",
+             "algorithm has no such setting).", ""]
+    for (commit_, hardware), group in sorted(groups.items(), key=lambda item: -len(item[1])):
+        group.sort(key=lambda r: order.index(r["config"]) if r["config"] in order else len(order))
+        lines += [f"Commit {short_commit(commit_)}; machine: {hardware}.", "",
+                  "| algorithm | config | trained on | batch norm | precision | " + " | ".join(TABLE_SHAPES)
+                  + " | steps | minutes (training + validation) | test minutes | budget | date |",
+                  "| --- " * (len(TABLE_SHAPES) + 10) + "|"]
+        for r in group:
+            cells = []
+            for shape in TABLE_SHAPES:
+                paper = f" ({r['paper'][shape]})" if r["paper"].get(shape) else ""
+                cells.append(f"**{table_cell(r, shape)}**{paper}" if shape in r["cells"] else "–")
+            minutes = r["minutes"]
+            lines.append(f"| {r['algorithm']} | {r['config']} | {trained_on(r)} | {r['batch_norm']} | "
+                         f"{r['precision']} | " + " | ".join(cells) + f" | {r['steps']} | {minutes['train']:.1f} + "
+                         f"{minutes['validation']:.1f} | {minutes['test']:.1f} | {r['budget']} | {r['date']} |")
+        missing = [config for config in order if config not in {r["config"] for r in group}]
+        if missing:
+            lines += ["", f"Not yet measured at this commit on this machine: {', '.join(missing)}."]
+        lines += ["", "Commands:", ""]
+        for r in group:
+            lines.append(f"- {r['config']}: `{r['command']}`; trained by `{r['train_command']}`")
+        lines.append("")
+    return lines
+
+
+def seeds_needed(first: dict, target: float | None) -> int:
+    """Training seeds a headline figure needs: 2, or 3 where the first seed's interval includes the target."""
+    return 3 if target is not None and first["acc"] - first["ci95"] <= target <= first["acc"] + first["ci95"] else 2
+
+
+def headline_section(rows: list[dict]) -> list[str]:
+    """benchmarks/headline.py: each algorithm's 5-way 1-shot target run over training seeds, each seed tested on the
+    config's test episodes and on fresh ones (a second evaluation seed); the mean and spread over seeds, and whether
+    the mean meets the target within the budget."""
+    if not rows:
+        return []
+    lines = ["## Headline figures over training seeds", "",
+             "Each algorithm's 5-way 1-shot target run (`benchmarks/headline.py`), one row per config, a line per",
+             "training seed: test accuracy on the config's 1,000 test episodes, and in brackets on 1,000 fresh test",
+             "episodes of the same test classes (evaluation seed 1). A target is met when the mean over seeds is at",
+             "or above it and every seed trained within the target's budget of training time (the training stops at",
+             "the first step past it). Spread: standard deviation over seeds.", ""]
+    for hardware, group in by_machine(rows):
+        runs: dict[tuple, list[dict]] = {}
+        for r in group:
+            runs.setdefault((r["algorithm"], r["config"], r["budget"], r["metric"]), []).append(r)
+        lines += [f"Machine: {hardware}", "",
+                  "| algorithm | config | metric | target | budget | seeds: test acc [fresh episodes] | mean | spread "
+                  "| met | steps, minutes (training + validation) | commit |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for (algorithm, config, budget, metric), seeds in runs.items():
+            seeds.sort(key=lambda r: r["train_seed"])
+            target = seeds[0]["target"]
+            accs = [r["acc"] for r in seeds]
+            mean = sum(accs) / len(accs)
+            spread = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else None
+            needed = seeds_needed(seeds[0], target)
+            within = all(r["budget_minutes"] <= r["target_minutes"] for r in seeds)  # TrainingClock kept to it
+            if len(seeds) < needed:
+                met = f"pending ({len(seeds)} of {needed} seeds)"
+            elif target is None:
+                met = "no target"
+            else:
+                met = "**met**" if mean >= target and within else "not met"
+            per_seed = "<br>".join(f"seed {r['train_seed']}: {r['acc']:.2f} ± {r['ci95']:.2f} "
+                                   f"[{r['fresh']['acc']:.2f} ± {r['fresh']['ci95']:.2f}]" for r in seeds)
+            runs_ = "<br>".join(f"{r['steps']}, {r['minutes']['train']:.1f} + {r['minutes']['validation']:.1f}"
+                                for r in seeds)
+            lines.append(f"| {algorithm} | {config} | {metric} | {target if target is not None else '–'} | {budget} | "
+                         f"{per_seed} | **{mean:.2f}** | {'–' if spread is None else f'{spread:.2f}'} | {met} | "
+                         f"{runs_} | {', '.join(sorted({short_commit(r['commit']) for r in seeds}))} |")
+        lines += ["", "Commands:", "", *[f"- {r['algorithm']} seed {r['train_seed']}: `{r['command']}`; trained by "
+                                          f"`{r['train_command']}`" for r in group], ""]
+    return lines
+
+
+def gpu_check_section(rows: list[dict]) -> list[str]:
+    """benchmarks/gpu_check.py: each config's short runs by precision and under DDP, and the papers' recipes."""
+    if not rows:
+        return []
+    lines = ["## GPU check", "",
+             "`benchmarks/gpu_check.py`: every algorithm's config for a few hundred steps in each precision, then",
+             "under DDP over every GPU present, then the papers' full recipes of ProtoNet and MAML within a budget of",
+             "training time; training steps per second (after 20 warm-up steps) and the test accuracy.", ""]
+    for hardware, group in by_machine(rows):
+        lines += [f"Machine: {hardware}", "",
+                  "| part | config | precision | devices | steps | steps per second | test acc | test episodes | "
+                  "minutes (training + validation) | commit |", "| --- " * 10 + "|"]
+        for r in group:
+            settings = r["settings"]
+            devices = settings[settings.index("--trainer.devices") + 1] if "--trainer.devices" in settings else "1"
+            rate = r["training_steps_per_second"]
+            lines.append(f"| {r['part']} | {r['config']} | {r['precision']} | {devices} | {r['steps']} | "
+                         f"{'–' if rate is None else f'{rate:.2f}'} | **{r['acc']:.2f} ± {r['ci95']:.2f}** | "
+                         f"{r['test_episodes']} | {r['minutes']['train']:.1f} + {r['minutes']['validation']:.1f} | "
+                         f"{provenance(r)} |")
+        lines += ["", "Commands:", "", *sorted({f"- `{r['command']}`" for r in group}), ""]
+    return lines
+
+
+def figure(r: dict) -> str:
+    """A record's main figure, for the list of superseded records."""
+    if "acc" in r:
+        return f"{r['acc']:.2f} ± {r['ci95']:.2f}"
+    if "mse" in r:
+        return f"MSE {r['mse']:.3f} ± {r['ci95']:.3f}"
+    if "cells" in r:
+        return ", ".join(f"{shape} {table_cell(r, shape)}" for shape in TABLE_SHAPES if shape in r["cells"])
+    return "–"
+
+
+def superseded_section(records: list[dict]) -> list[str]:
+    """Every record a later one supersedes: kept in the records, listed here with the record that replaced it."""
+    by = {n: later for later, r in enumerate(records, 1) for n in r.get("supersedes", [])}
+    if not by:
+        return []
+    lines = ["## Superseded records", "",
+             "Records that a later record of the same measurement (same kind, algorithm, config, shape, budget,",
+             "settings and seeds) supersedes; numbers count from 1 in benchmarks/results.json.", "",
+             "| record | kind | algorithm | config | figure | commit | machine | date | superseded by |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for n, later in sorted(by.items()):
+        r = records[n - 1]
+        lines.append(f"| {n} | {r['kind']} | {r['algorithm']} | {r.get('config') or '–'} | {figure(r)} | "
+                     f"{provenance(r)} | {r['hardware']} | {r['date']} | {later} |")
+    return lines + [""]
+
+
+def complete_table(records: list[dict]) -> list[dict] | None:
+    """The current protocol table records of one commit and machine that cover every config of ``TABLE_PLAN``, or
+    None while no such table is complete."""
+    order = [config for plan in TABLE_PLAN.values() for config, _ in plan]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in current(records):
+        if r["kind"] == "table" and "schema" in r:
+            groups.setdefault((r["commit"], r["hardware"]), []).append(r)
+    complete = [g for g in groups.values() if set(order) <= {r["config"] for r in g}]
+    return sorted(complete[-1], key=lambda r: order.index(r["config"]) if r["config"] in order else len(order)) \
+        if complete else None
+
+
+def with_readme_table(readme: str, records: list[dict]) -> str:
+    """``readme`` with the block between the ``README_TABLE`` markers replaced by the Omniglot table: the table of the
+    results protocol once one commit and machine cover every config, else the table made before it; the cells and
     the command that reproduces each row (RESULTS.md has the rest: steps, minutes, the train.py commands)."""
     begin, end = README_TABLE
     if readme.count(begin) != 1 or readme.count(end) != 1:
         raise SystemExit(f"{README} needs one line {begin!r} and one {end!r} around its Omniglot table")
     head, rest = readme.split(begin)
     tail = rest.split(end)[1]
+    protocol = complete_table(records)
+    if protocol:
+        lines = ["| algorithm | config | " + " | ".join(TABLE_SHAPES) + " | trained on | batch norm | budget |",
+                 "| --- " * (len(TABLE_SHAPES) + 5) + "|"]
+        for r in protocol:
+            cells = [table_cell(r, shape) if shape in r["cells"] else "–" for shape in TABLE_SHAPES]
+            lines.append(f"| {r['algorithm']} | {r['config']} | " + " | ".join(cells) + f" | {trained_on(r)} | "
+                         f"{r['batch_norm']} | {r['budget']} |")
+        lines += ["", f"Omniglot vinyals split, {protocol[0]['test_episodes']} test episodes per cell, mean ± 95% CI "
+                  f"(%); commit {short_commit(protocol[0]['commit'])}, {protocol[0]['hardware']}; "
+                  f"`{protocol[0]['command']}`. The papers' numbers, steps and minutes: RESULTS.md."]
+        return "\n".join([head + begin, "", *lines, "", end]) + tail
+    table = [r for r in current(records) if r["kind"] == "table" and "schema" not in r]
     lines = table_header("budget", "CPU", "reproduce")
     for r in table:
         cells = [table_cell(r, shape) if shape in r["cells"] else "–" for shape in TABLE_SHAPES]
@@ -473,8 +884,9 @@ def with_readme_table(readme: str, table: list[dict]) -> str:
     dates = sorted({r["date"] for r in table})
     setups = sorted({r["hardware"].partition(", ")[2] for r in table})  # threads, torch and Python
     lines += ["", f"Omniglot vinyals split, {table[0]['test_episodes'] if table else 0} test episodes per cell, mean ± "
-              f"95% CI (%); {'; '.join(setups) or '–'}; {', '.join(dates) or '–'}. The papers' numbers, training "
-              "steps and minutes: RESULTS.md."]
+              f"95% CI (%); {'; '.join(setups) or '–'}; {', '.join(dates) or '–'}. Made before the results protocol "
+              f"(no commit; {len(by_machine(table))} machines, by row above). The papers' numbers, training steps and "
+              "minutes: RESULTS.md."]
     return "\n".join([head + begin, "", *lines, "", end]) + tail
 
 
@@ -486,3 +898,9 @@ def commands(records: list[dict]) -> list[str]:
         if r.get("note"):
             lines.append(f"  {r['note']}")
     return lines + [""]
+
+
+if __name__ == "__main__":  # python benchmarks/results.py: checks the records and writes RESULTS.md from them again
+    every = load()
+    check(every)
+    write_pages(every)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from results import ROOT, hardware, record, this_command, today, train_config
+from results import ROOT, record, train_config
 
 CONFIGS = {"maml_sinusoid.yaml": "maml", "reptile_sinusoid.yaml": "reptile",
            "sinusoid_pretrained.yaml": "pretrained baseline"}  # fmt: skip
@@ -30,15 +30,15 @@ def main() -> None:
     for config in args.configs:
         run = train_config(config, args.log_root)
         for inner_steps in args.steps:
-            mse, ci95, note = run.test("--model.eval_inner_steps", str(inner_steps), "--data.test_episodes",
-                                       str(args.test_episodes), metric="mse")
+            mse, ci95, note, test_minutes = run.test("--model.eval_inner_steps", str(inner_steps),
+                                                     "--data.test_episodes", str(args.test_episodes), metric="mse")
             print(f"{CONFIGS[config]}, {inner_steps} inner steps: {mse:.3f} ± {ci95:.3f}")
             record({
-                "kind": "regression", "algorithm": CONFIGS[config], "dataset": "sinusoid", "split": "-", "ways": 0,
-                "shots": 10, "within_alphabet": False, "inner_steps": inner_steps, "test_episodes": args.test_episodes,
-                "mse": mse, "ci95": ci95, "train_minutes": run.minutes, "train_steps": run.steps,
-                "hardware": hardware(), "date": today(), "command": this_command(), "note": note,
+                "kind": "regression", "algorithm": CONFIGS[config], **run.fields(test_minutes), "dataset": "sinusoid",
+                "split": "-", "ways": 0, "shots": 10, "within_alphabet": False, "inner_steps": inner_steps,
+                "test_episodes": args.test_episodes, "mse": mse, "ci95": ci95, "note": note,
             })  # fmt: skip
+
 
 if __name__ == "__main__":
     os.environ.setdefault("LIGHTNING_META_DATA", str(ROOT.parent / "shared" / "data"))

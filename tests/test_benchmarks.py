@@ -57,7 +57,7 @@ def run(tmp_path: Path) -> TrainedRun:
 def test_only_the_configs_own_test_is_taken_from_train_py(run, overrides, repeats):
     assert run.is_closing_test(overrides) is repeats
     if repeats:
-        metrics, note = run.test_all(*overrides)
+        metrics, note, _ = run.test_all(*overrides)
         assert metrics["acc"] == (69.31, 0.59) and "closing test" in note
 
 

@@ -1,4 +1,5 @@
-"""benchmarks/table.py end to end with tiny budgets on the synthetic set, into a RESULTS.md of its own."""
+"""benchmarks/table.py and benchmarks/headline.py end to end with tiny budgets on the synthetic set, into records and
+a RESULTS.md of their own."""
 
 import json
 import os
@@ -10,53 +11,104 @@ import yaml
 from test_cli import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from results import README_TABLE  # noqa: E402
+import results  # noqa: E402
+from results import README_TABLE, TABLE_PLAN  # noqa: E402
 
 
-def test_the_table_is_trained_tested_and_written(tmp_path):
-    env = {**os.environ, "LIGHTNING_META_RESULTS": str(tmp_path)}
-    begin, end = README_TABLE
-    (tmp_path / "README.md").write_text(f"# Intro\n\n{begin}\n| stale | row |\n{end}\n\n## After\n")
-    command = [sys.executable, str(ROOT / "benchmarks" / "table.py"), "--algorithms", "protonet", "mann", "--minutes",
-               "0.1", "--test_episodes", "10", "--warmup", "1", "--data", "SyntheticDataModule",
-               "--log_root", str(tmp_path / "logs"), "--model.lr", "0.0005"]
+def run(script: str, *args: str, folder) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LIGHTNING_META_RESULTS": str(folder)}
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *args]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    records = {r["algorithm"]: r for r in json.loads((tmp_path / "results.json").read_text())}
-    assert sorted(records) == ["mann", "protonet"]
-    assert sorted(records["protonet"]["cells"]) == ["20w1s", "20w5s", "5w1s", "5w5s"]
-    assert sorted(records["mann"]["cells"]) == ["5w1s", "5w5s"]
-    assert [t["config"] for t in records["protonet"]["trainings"]] == ["proto.yaml", "proto_5shot.yaml"]
-    for record in records.values():
-        assert all(0 <= acc <= 100 and ci95 >= 0 for acc, ci95 in record["cells"].values())
-        assert all("--trainer.max_time 00:00:00:06" in t["command"] for t in record["trainings"])
-        for t in record["trainings"]:  # stopped by the 6 s budget, not by the config's max_steps
-            config = yaml.safe_load((ROOT / "configs" / t["config"]).read_text())
-            assert 0 < t["steps"] < config["trainer"]["max_steps"]
-        assert record["throughput"]["test episodes"] > 0
-    table = (tmp_path / "RESULTS.md").read_text()
-    protonet = [line for line in table.splitlines() if line.startswith("| protonet |")]
-    mann = [line for line in table.splitlines() if line.startswith(("| [mann]", "| mann |"))]
-    assert len(protonet) == len(mann) == 2  # a row in the table and one in the throughput table
+    return result
+
+
+def test_the_table_is_trained_tested_recorded_and_resumed(tmp_path):
+    table = ["table.py", "--algorithms", "protonet", "mann", "--minutes", "0.1", "--test_episodes", "10",
+             "--warmup", "1", "--data", "SyntheticDataModule", "--log_root", str(tmp_path / "logs"),
+             "--model.lr", "0.0005"]
+    run(*table, folder=tmp_path)
+    records = json.loads((tmp_path / "results.json").read_text())
+    results.check(records)
+    assert [r["config"] for r in records] == ["proto.yaml", "proto_5shot.yaml", "mann.yaml"]
+    by_config = {r["config"]: r for r in records}
+    assert sorted(by_config["proto.yaml"]["cells"]) == ["20w1s", "5w1s"]
+    assert sorted(by_config["proto_5shot.yaml"]["cells"]) == ["20w5s", "5w5s"]
+    assert sorted(by_config["mann.yaml"]["cells"]) == ["5w1s", "5w5s"]
+    for r in records:
+        config = yaml.safe_load((ROOT / "configs" / r["config"]).read_text())
+        data = config["data"]["init_args"]
+        assert r["train_shape"] == {"ways": data["n_way"], "shots": data["k_shot"], "queries": data["n_query"],
+                                    "tasks": data.get("tasks_per_batch", 1)}
+        assert r["batch_norm"] == config["model"].get("init_args", {}).get("batch_norm", "none" if r["algorithm"]
+                                                                           == "mann" else "running")
+        assert r["settings"] == ["--data", "SyntheticDataModule", "--model.lr", "0.0005"]
+        assert 0 < r["steps"] < config["trainer"]["max_steps"]  # stopped by the budget, not by max_steps
+        assert all(r["minutes"][k] > 0 for k in ("train", "validation", "test"))
+        assert "--trainer.callbacks.budget 0.1" in r["train_command"] and "max_time" not in r["train_command"]
+        assert all(0 <= acc <= 100 and ci95 >= 0 for acc, ci95 in r["cells"].values())
+        saved = tmp_path / "logs" / r["config"].removesuffix(".yaml") / "version_0" / "config.yaml"
+        assert yaml.safe_load(saved.read_text())["model"]["init_args"]["lr"] == 0.0005  # the setting reached it
+    markdown = (tmp_path / "RESULTS.md").read_text()
     cell = r"\*\*\d+\.\d\d ± \d+\.\d\d\*\*"
-    assert re.match(rf"\| protonet \| {cell} \(98\.8\) \| {cell} \(99\.7\) \| {cell} \(96\.0\) \| {cell} \(98\.9\) \|",
-                    protonet[0])
-    assert re.match(rf"\| \[mann\]\(#accuracy-by-instance\) \| {cell} \| {cell} \| – \| – \|", mann[0])
-    assert re.match(r"\| protonet \| \d+\.\d\d \| \d+\.\d\d \|$", protonet[1])
-    assert "- protonet: `python benchmarks/table.py --algorithms protonet mann --minutes 0.1" in table
-    log = (tmp_path / "logs" / "protonet.log").read_text()
-    assert log.count("$ python train.py") == 4  # 2 trainings (each tested on its own shape), 2 more tests
-    commands = [line for line in log.splitlines() if line.startswith("$ python train.py")]
-    assert all("--data SyntheticDataModule --model.lr 0.0005" in command for command in commands)
-    for config in ("proto", "proto_5shot", "mann"):  # the setting given to table.py reached every training
-        saved = tmp_path / "logs" / config / "version_0" / "config.yaml"  # the training's run folder
-        assert yaml.safe_load(saved.read_text())["model"]["init_args"]["lr"] == 0.0005
-    readme = (tmp_path / "README.md").read_text()  # the README's copy: the same cells, the rest kept
+    assert re.search(rf"\| protonet \| proto\.yaml \| 60-way 1-shot, 5 queries \| running \| 32-true \| {cell} "
+                     rf"\(98\.8\) \| – \| {cell} \(96\.0\) \| – \|", markdown)
+    assert f"Commit {records[0]['commit'][:12]}" in markdown
+    assert "Not yet measured at this commit on this machine: matching.yaml" in markdown
+
+    again = run(*table, folder=tmp_path)  # resumed: everything is recorded at this commit on this machine
+    assert again.stdout.count("recorded at this commit on this machine, skipped") == 3
+    assert json.loads((tmp_path / "results.json").read_text()) == records
+    run(*table[:2], "mann", *table[4:], "--rerun", folder=tmp_path)
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert len(records) == 4 and records[3]["config"] == "mann.yaml" and records[3]["supersedes"] == [3]
+
+
+def test_the_readme_shows_the_table_of_one_commit_once_it_covers_every_config(tmp_path, monkeypatch):
+    """Until one commit and machine cover every config of the plan, the README keeps the table made before the
+    protocol; then it shows that commit's table."""
+    for name, file in (("JSON", "results.json"), ("MARKDOWN", "RESULTS.md"), ("README", "README.md")):
+        monkeypatch.setattr(results, name, tmp_path / file)
+    begin, end = README_TABLE
+    (tmp_path / "README.md").write_text(f"# Intro\n\n{begin}\n| stale | row |\n{end}\n\n## After\n")
+    machine = {"cpu": "Test CPU", "isa": "AVX2", "threads": 2, "accelerator": "CPU only", "torch": "2", "python": "3"}
+    configs = [(algorithm, config, shapes) for algorithm, plan in TABLE_PLAN.items() for config, shapes in plan]
+    for n, (algorithm, config, shapes) in enumerate(configs):
+        results.record({
+            "kind": "table", "algorithm": algorithm, "config": config, "config_sha256": "0" * 64,
+            "dataset": "omniglot", "split": "vinyals", "settings": [], "train_seed": 0, "eval_seed": 0,
+            "precision": "32-true", "batch_norm": "transductive",
+            "train_shape": {"ways": 5, "shots": 1, "queries": 15, "tasks": 1}, "steps": 100,
+            "minutes": {"train": 10.0, "validation": 1.0, "test": 1.0}, "test_episodes": 1000,
+            "ways": None, "shots": None, "within_alphabet": False, "cells": {s: [90.0 + n / 10, 0.3] for s in shapes},
+            "paper": {}, "budget": "10 min of training", "throughput": {}, "train_command": "python train.py",
+            "commit": "1" * 40, "machine": machine, "date": "2026-12-07", "command": "python benchmarks/table.py",
+        })  # fmt: skip
+        readme = (tmp_path / "README.md").read_text()
+        assert ("| protonet | proto.yaml | 90.00 ± 0.30 | – | 90.00 ± 0.30 | – | 5-way 1-shot, 15 queries | "
+                "transductive | 10 min of training |" in readme) is (n == len(configs) - 1)
     assert readme.startswith(f"# Intro\n\n{begin}\n") and readme.endswith(f"{end}\n\n## After\n")
-    assert "stale" not in readme
-    for name, record in records.items():
-        row = next(line for line in readme.splitlines() if line.startswith(f"| {name} |"))
-        cells = [f"{record['cells'][s][0]:.2f} ± {record['cells'][s][1]:.2f}" if s in record["cells"] else "–"
-                 for s in ("5w1s", "5w5s", "20w1s", "20w5s")]
-        assert row.split(" | ")[1:5] == cells
-        assert "`python benchmarks/table.py --algorithms protonet mann --minutes 0.1" in row
+    assert "stale" not in readme and "commit 111111111111" in readme
+
+
+def test_headline_trains_the_seeds_a_target_needs_and_tests_each_on_fresh_episodes(tmp_path):
+    headline = ["headline.py", "--algorithms", "protonet", "--minutes", "0.05", "--test_episodes", "10",
+                "--data", "SyntheticDataModule", "--log_root", str(tmp_path / "logs")]
+    run(*headline, folder=tmp_path)
+    records = json.loads((tmp_path / "results.json").read_text())
+    results.check(records)
+    first = records[0]
+    assert [r["train_seed"] for r in records] == list(range(results.seeds_needed(first, 98.0)))
+    for seed, r in enumerate(records):
+        saved = tmp_path / "logs" / "protonet" / "proto" / f"version_{seed}" / "config.yaml"
+        assert yaml.safe_load(saved.read_text())["seed_everything"] == seed
+        assert r["eval_seed"] == 0 and r["fresh"]["eval_seed"] == 1 and r["target"] == 98.0
+        assert (r["acc"], r["ci95"]) != (r["fresh"]["acc"], r["fresh"]["ci95"])  # other episodes, other figures
+    assert records[0]["acc"] != records[1]["acc"]  # another seed trains another model
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    mean = sum(r["acc"] for r in records) / len(records)
+    row = next(line for line in markdown.splitlines() if line.startswith("| protonet | proto.yaml |"))
+    assert f"**{mean:.2f}**" in row and ("| **met** |" if mean >= 98.0 else "| not met |") in row
+    assert f"seed 1: {records[1]['acc']:.2f} ± {records[1]['ci95']:.2f} [{records[1]['fresh']['acc']:.2f}" in row
+    again = run(*headline, folder=tmp_path)  # resumed: nothing left to train
+    assert json.loads((tmp_path / "results.json").read_text()) == records and "seed" not in again.stdout

@@ -61,7 +61,7 @@ LEGACY_RECORDS = 132
 LEGACY_SHA256 = "2f6f34f793d7c490c04479acac64dc56c5c10cc2893cd5e277492c29c92a6434"  # of json.dumps(them, sort_keys)
 COMMON_FIELDS = ("schema", "kind", "algorithm", "commit", "machine", "date", "command", "digest")
 MACHINE_FIELDS = ("cpu", "isa", "threads", "accelerator", "torch", "python")
-RUN_KINDS = ("accuracy", "table", "headline", "instances", "regression", "gpu_check")  # records of trained models
+RUN_KINDS = ("accuracy", "table", "headline", "instances", "regression", "gpu_check", "tuning")  # trained models
 RUN_FIELDS = ("config", "config_sha256", "dataset", "split", "settings", "train_seed", "eval_seed", "precision",
               "batch_norm", "train_shape", "steps", "minutes", "test_episodes")
 MINUTES_FIELDS = ("train", "validation", "test")
@@ -306,9 +306,10 @@ def run_fields(run: Path, config: str, settings: list[str], fit_out: str, test_m
     }  # fmt: skip
 
 
-def parse_test_metrics(out: str) -> dict[str, tuple[float, float]]:
-    """The test metrics train.py prints (``test/acc 97.12 ± 0.31``): name without ``test/`` -> mean and 95% CI."""
-    found = re.findall(r"^test/(\S+) (\S+) ± (\S+)", out, re.M)
+def parse_test_metrics(out: str, stage: str = "test") -> dict[str, tuple[float, float]]:
+    """The test metrics train.py prints (``test/acc 97.12 ± 0.31``): name without ``test/`` -> mean and 95% CI; with
+    ``stage`` "val", the validation metrics it prints under ``--test_after_fit false``."""
+    found = re.findall(rf"^{stage}/(\S+) (\S+) ± (\S+)", out, re.M)
     return {name: (float(mean), float(ci95)) for name, mean, ci95 in found}
 
 
@@ -611,6 +612,7 @@ def render(records: list[dict]) -> str:
                 lines.append(f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot | {path} | {unit} | "
                              f"{value:.2f} | {r['hardware']} | {r['date']} |")
         lines += commands(throughput)
+    lines += tuning_section([r for r in live if r["kind"] == "tuning"])
     lines += gpu_check_section([r for r in live if r["kind"] == "gpu_check"])
     lines += superseded_section(records)
     return "\n".join(lines)
@@ -809,6 +811,26 @@ def gpu_check_section(rows: list[dict]) -> list[str]:
                          f"{'–' if rate is None else f'{rate:.2f}'} | **{r['acc']:.2f} ± {r['ci95']:.2f}** | "
                          f"{r['test_episodes']} | {r['minutes']['train']:.1f} + {r['minutes']['validation']:.1f} | "
                          f"{provenance(r)} |")
+        lines += ["", "Commands:", "", *sorted({f"- `{r['command']}`" for r in group}), ""]
+    return lines
+
+
+def tuning_section(rows: list[dict]) -> list[str]:
+    """benchmarks/tune.py: variants of a config's recipe, each scored on validation episodes only."""
+    if not rows:
+        return []
+    lines = ["## Recipes chosen on validation episodes", "",
+             "`benchmarks/tune.py`: a config under variants of its settings, each trained for the stated budget of",
+             "training time and its best checkpoint validated (`train.py --test_after_fit false`: the test split is",
+             "never loaded); validation accuracy on the config's validation episodes, mean ± 95% CI.", ""]
+    for hardware, group in by_machine(rows):
+        lines += [f"Machine: {hardware}", "",
+                  "| config | variant | settings | val acc | val episodes | seed | steps, minutes (training + "
+                  "validation) | budget | commit | date |", "| --- " * 10 + "|"]
+        for r in group:
+            lines.append(f"| {r['config']} | {r['variant']} | `{' '.join(r['variant_settings']) or 'as shipped'}` | "
+                         f"**{r['acc']:.2f} ± {r['ci95']:.2f}** | {r['val_episodes']} | {r['train_seed']} | "
+                         f"{trained(r)} | {r['budget'] or 'max_steps'} | {provenance(r)} | {r['date']} |")
         lines += ["", "Commands:", "", *sorted({f"- `{r['command']}`" for r in group}), ""]
     return lines
 

@@ -73,6 +73,9 @@ class MetaCLI(LightningCLI):
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="'last' resumes the latest run of this config; a path resumes from that file")
         parser.add_argument("--test_only", type=bool, default=False, help="only test the checkpoint in --ckpt_path")
+        parser.add_argument("--test_after_fit", type=bool, default=True,
+                            help="test the best checkpoint after training; false: validate it instead, leaving the "
+                                 "test split untouched (choosing a recipe)")
         parser.add_argument("--checkpoint_every", type=int, default=500, help="write last.ckpt every this many steps")
         parser.add_argument("--log_root", type=str, default="lightning_logs", help="where runs are written")
 
@@ -356,7 +359,8 @@ def quiet() -> None:
 
 def main(args: list[str] | None = None) -> dict[str, float]:
     """Trains and tests (or, with ``--test_only``, tests) as the command line ``args`` say; returns the test
-    metrics. First applies the command line's process settings: :func:`quiet`, and ``keep_freed_memory`` (RESULTS.md,
+    metrics (with ``--test_after_fit false``, the best checkpoint's validation metrics: the test split is never
+    loaded). First applies the command line's process settings: :func:`quiet`, and ``keep_freed_memory`` (RESULTS.md,
     "Allocator") unless the environment sets ``LIGHTNING_META_KEEP_FREED_MEMORY=0``."""
     quiet()
     if os.environ.get(KEEP_FREED_MEMORY, "1") != "0":
@@ -370,12 +374,14 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     else:
         trainer.fit(model, datamodule=data, ckpt_path=cli.ckpt_path, weights_only=True)
         best = cli.checkpoint.best_model_path or None
-        trainer.test(model, datamodule=data, ckpt_path=best, weights_only=True, verbose=False)
+        evaluate = trainer.test if cli.config.test_after_fit else trainer.validate
+        evaluate(model, datamodule=data, ckpt_path=best, weights_only=True, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    stage = "test" if cli.config.test_only or cli.config.test_after_fit else "val"
     if trainer.is_global_zero:
-        metric = f"test/{METRICS[data.task]}"
+        metric = f"{stage}/{METRICS[data.task]}"
         mean, ci95, digits = metrics[metric], metrics[metric + "_ci95"], DIGITS[metric]
-        print(f"{metric} {mean:.{digits}f} ± {ci95:.{digits}f}  ({data.describe('test')})")
+        print(f"{metric} {mean:.{digits}f} ± {ci95:.{digits}f}  ({data.describe(stage)})")
         for name in metrics:  # the algorithm's other test metrics with an interval (MANN: accuracy by instance)
             if name.startswith(metric + "_") and not name.endswith("_ci95") and name + "_ci95" in metrics:
                 print(f"{name} {metrics[name]:.{digits}f} ± {metrics[name + '_ci95']:.{digits}f}")

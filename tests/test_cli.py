@@ -35,6 +35,19 @@ def state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def test_choosing_a_recipe_validates_the_best_checkpoint_and_never_tests(tmp_path):
+    """``--test_after_fit false``: after training, the best checkpoint is validated instead of tested, and its
+    val/acc is the score ModelCheckpoint chose it by (kept in last.ckpt); no test figure is printed."""
+    out = ok(train("--config", "proto.yaml", "--data", "SyntheticDataModule", "--trainer.max_steps", 4,
+                   "--data.batches_per_epoch", 2, "--data.val_episodes", 10, "--data.test_episodes", 10,
+                   "--data.eval_tasks_per_batch", 5, "--test_after_fit", "false", *TINY, log_root=tmp_path))
+    found = re.search(r"^val/acc (\d+\.\d\d) ± \d+\.\d\d  \(.*, 5-way 1-shot, 10 episodes\)$", out, re.M)
+    assert found and "test/" not in out
+    callbacks = state(tmp_path / "proto" / "version_0" / "checkpoints" / "last.ckpt")["callbacks"]
+    score = next(v["best_model_score"] for k, v in callbacks.items() if k.startswith("ModelCheckpoint"))
+    assert found[1] == f"{float(score):.2f}"
+
+
 def test_fit_test_resume_and_test_only_on_omniglot(data_root, tmp_path):
     logs = tmp_path / "logs"
     out = ok(train("--config", "proto.yaml", "--trainer.max_steps", 6, "--checkpoint_every", 2, *OMNIGLOT_TINY,

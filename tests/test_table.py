@@ -112,3 +112,21 @@ def test_headline_trains_the_seeds_a_target_needs_and_tests_each_on_fresh_episod
     assert f"seed 1: {records[1]['acc']:.2f} ± {records[1]['ci95']:.2f} [{records[1]['fresh']['acc']:.2f}" in row
     again = run(*headline, folder=tmp_path)  # resumed: nothing left to train
     assert json.loads((tmp_path / "results.json").read_text()) == records and "seed" not in again.stdout
+
+
+def test_tune_scores_each_variant_on_validation_episodes_and_never_tests(tmp_path):
+    tune = ["tune.py", "--config", "proto.yaml", "--minutes", "0.05", "--data", "SyntheticDataModule",
+            "--data.val_episodes", "10", "--log_root", str(tmp_path / "logs"), "--variants", "as shipped:",
+            "slower: --model.lr 0.0001"]
+    run(*tune, folder=tmp_path)
+    records = json.loads((tmp_path / "results.json").read_text())
+    results.check(records)
+    assert [(r["variant"], r["variant_settings"]) for r in records] == [("as shipped", []),
+                                                                       ("slower", ["--model.lr", "0.0001"])]
+    for version, r in enumerate(records):
+        assert r["kind"] == "tuning" and r["val_episodes"] == 10 and 0 <= r["acc"] <= 100
+        saved = yaml.safe_load((tmp_path / "logs" / "proto" / f"version_{version}" / "config.yaml").read_text())
+        assert saved["model"]["init_args"]["lr"] == (0.001 if version == 0 else 0.0001)
+    log = (tmp_path / "logs" / "proto.log").read_text()
+    assert log.count("val/acc") == 2 and "test/" not in log
+    assert "## Recipes chosen on validation episodes" in (tmp_path / "RESULTS.md").read_text()

@@ -34,8 +34,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["as shipped:"], help="'name: train.py settings' each")
     parser.add_argument("--minutes", type=float, help="training time of each variant (default: the config's steps)")
     parser.add_argument("--seed", type=int, default=0, help="the training seed of every variant")
+    parser.add_argument("--data", help="another data module (the tests: SyntheticDataModule)")
     parser.add_argument("--log_root", type=Path, default=ROOT / "lightning_logs" / "tune")
     args, given = parse_with_settings(parser)
+    given = [*(["--data", args.data] if args.data else []), *given]
     variants = [parse_variant(text) for text in args.variants]  # every variant checked before the first trains
     for name, own in variants:
         settings = [*given, *CPU_SETTINGS.get(args.config, []), *own]

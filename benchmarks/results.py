@@ -22,7 +22,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -373,8 +373,9 @@ def check(records: list[dict]) -> None:
         if not all(isinstance(k, int) and 1 <= k < n for k in r.get("supersedes", [])):
             raise RecordError(f"{where}: supersedes {r['supersedes']} (only earlier records, by number)")
     seen: dict[tuple, int] = {}
+    gone = superseded(records)
     for n, r in enumerate(records, 1):
-        if n in superseded(records) or n <= len(legacy):
+        if n in gone or n <= len(legacy):
             continue
         if identity(r) in seen:
             raise RecordError(f"record {n} ({r['kind']}, {r['algorithm']}) measures what record {seen[identity(r)]} "
@@ -791,48 +792,56 @@ def headline_section(rows: list[dict]) -> list[str]:
     return lines
 
 
+def machine_tables(rows: list[dict], intro: list[str], header: str, row: Callable[[dict], str]) -> list[str]:
+    """A section of ``intro``, then per machine its line, a table of ``header``'s columns with ``row`` of each
+    record, and the commands."""
+    lines = [*intro, ""]
+    for hardware, group in by_machine(rows):
+        lines += [f"Machine: {hardware}", "", header, "| --- " * header.count(" | ") + "| --- |",
+                  *map(row, group), "", "Commands:", "", *sorted({f"- `{r['command']}`" for r in group}), ""]
+    return lines
+
+
+def gpu_check_row(r: dict) -> str:
+    settings = r["settings"]
+    devices = settings[settings.index("--trainer.devices") + 1] if "--trainer.devices" in settings else "1"
+    rate = r["training_steps_per_second"]
+    return (f"| {r['part']} | {r['config']} | {r['precision']} | {devices} | {r['steps']} | "
+            f"{'–' if rate is None else f'{rate:.2f}'} | **{r['acc']:.2f} ± {r['ci95']:.2f}** | "
+            f"{r['test_episodes']} | {r['minutes']['train']:.1f} + {r['minutes']['validation']:.1f} | "
+            f"{provenance(r)} |")
+
+
 def gpu_check_section(rows: list[dict]) -> list[str]:
     """benchmarks/gpu_check.py: each config's short runs by precision and under DDP, and the papers' recipes."""
     if not rows:
         return []
-    lines = ["## GPU check", "",
-             "`benchmarks/gpu_check.py`: every algorithm's config for a few hundred steps in each precision, then",
-             "under DDP over every GPU present, then the papers' full recipes of ProtoNet and MAML within a budget of",
-             "training time; training steps per second (after 20 warm-up steps) and the test accuracy.", ""]
-    for hardware, group in by_machine(rows):
-        lines += [f"Machine: {hardware}", "",
-                  "| part | config | precision | devices | steps | steps per second | test acc | test episodes | "
-                  "minutes (training + validation) | commit |", "| --- " * 10 + "|"]
-        for r in group:
-            settings = r["settings"]
-            devices = settings[settings.index("--trainer.devices") + 1] if "--trainer.devices" in settings else "1"
-            rate = r["training_steps_per_second"]
-            lines.append(f"| {r['part']} | {r['config']} | {r['precision']} | {devices} | {r['steps']} | "
-                         f"{'–' if rate is None else f'{rate:.2f}'} | **{r['acc']:.2f} ± {r['ci95']:.2f}** | "
-                         f"{r['test_episodes']} | {r['minutes']['train']:.1f} + {r['minutes']['validation']:.1f} | "
-                         f"{provenance(r)} |")
-        lines += ["", "Commands:", "", *sorted({f"- `{r['command']}`" for r in group}), ""]
-    return lines
+    return machine_tables(rows, [
+        "## GPU check", "",
+        "`benchmarks/gpu_check.py`: every algorithm's config for a few hundred steps in each precision, then",
+        "under DDP over every GPU present, then the papers' full recipes of ProtoNet and MAML within a budget of",
+        "training time; training steps per second (after 20 warm-up steps) and the test accuracy."],
+        "| part | config | precision | devices | steps | steps per second | test acc | test episodes | "
+        "minutes (training + validation) | commit |", gpu_check_row)
+
+
+def tuning_row(r: dict) -> str:
+    return (f"| {r['config']} | {r['variant']} | `{' '.join(r['variant_settings']) or 'as shipped'}` | "
+            f"**{r['acc']:.2f} ± {r['ci95']:.2f}** | {r['val_episodes']} | {r['train_seed']} | "
+            f"{trained(r)} | {r['budget'] or 'max_steps'} | {provenance(r)} | {r['date']} |")
 
 
 def tuning_section(rows: list[dict]) -> list[str]:
     """benchmarks/tune.py: variants of a config's recipe, each scored on validation episodes only."""
     if not rows:
         return []
-    lines = ["## Recipes chosen on validation episodes", "",
-             "`benchmarks/tune.py`: a config under variants of its settings, each trained for the stated budget of",
-             "training time and its best checkpoint validated (`train.py --test_after_fit false`: the test split is",
-             "never loaded); validation accuracy on the config's validation episodes, mean ± 95% CI.", ""]
-    for hardware, group in by_machine(rows):
-        lines += [f"Machine: {hardware}", "",
-                  "| config | variant | settings | val acc | val episodes | seed | steps, minutes (training + "
-                  "validation) | budget | commit | date |", "| --- " * 10 + "|"]
-        for r in group:
-            lines.append(f"| {r['config']} | {r['variant']} | `{' '.join(r['variant_settings']) or 'as shipped'}` | "
-                         f"**{r['acc']:.2f} ± {r['ci95']:.2f}** | {r['val_episodes']} | {r['train_seed']} | "
-                         f"{trained(r)} | {r['budget'] or 'max_steps'} | {provenance(r)} | {r['date']} |")
-        lines += ["", "Commands:", "", *sorted({f"- `{r['command']}`" for r in group}), ""]
-    return lines
+    return machine_tables(rows, [
+        "## Recipes chosen on validation episodes", "",
+        "`benchmarks/tune.py`: a config under variants of its settings, each trained for the stated budget of",
+        "training time and its best checkpoint validated (`train.py --test_after_fit false`: the test split is",
+        "never loaded); validation accuracy on the config's validation episodes, mean ± 95% CI."],
+        "| config | variant | settings | val acc | val episodes | seed | steps, minutes (training + validation) | "
+        "budget | commit | date |", tuning_row)
 
 
 def figure(r: dict) -> str:

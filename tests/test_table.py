@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import torch
 import yaml
 from test_cli import ROOT
 
@@ -93,7 +94,8 @@ def test_the_readme_shows_the_table_of_one_commit_once_it_covers_every_config(tm
 
 def test_headline_trains_the_seeds_a_target_needs_and_tests_each_on_fresh_episodes(tmp_path):
     headline = ["headline.py", "--algorithms", "protonet", "--minutes", "0.05", "--test_episodes", "10",
-                "--data", "SyntheticDataModule", "--log_root", str(tmp_path / "logs")]
+                "--data", "SyntheticDataModule", "--data.noise", "2.0", "--log_root", str(tmp_path / "logs")]
+    # noise 2.0: far from 100% after seconds of training, so two sets of test episodes give two figures
     run(*headline, folder=tmp_path)
     records = json.loads((tmp_path / "results.json").read_text())
     results.check(records)
@@ -104,7 +106,9 @@ def test_headline_trains_the_seeds_a_target_needs_and_tests_each_on_fresh_episod
         assert yaml.safe_load(saved.read_text())["seed_everything"] == seed
         assert r["eval_seed"] == 0 and r["fresh"]["eval_seed"] == 1 and r["target"] == 98.0
         assert (r["acc"], r["ci95"]) != (r["fresh"]["acc"], r["fresh"]["ci95"])  # other episodes, other figures
-    assert records[0]["acc"] != records[1]["acc"]  # another seed trains another model
+    weights = [torch.load(next((tmp_path / "logs" / "protonet" / "proto" / f"version_{seed}" / "checkpoints").glob(
+        "*.ckpt")), weights_only=False)["state_dict"] for seed in (0, 1)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # another seed, another model
     markdown = (tmp_path / "RESULTS.md").read_text()
     mean = sum(r["acc"] for r in records) / len(records)
     row = next(line for line in markdown.splitlines() if line.startswith("| protonet | proto.yaml |"))

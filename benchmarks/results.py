@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from timing import speed_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 OTHER = os.environ.get("LIGHTNING_META_RESULTS")  # a folder for results.json and RESULTS.md (the tests' smoke runs)
@@ -56,11 +57,14 @@ CPU_SETTINGS = {  # train.py settings the benchmarks add to a config on the CPU 
 IDENTITY = ("kind", "algorithm", "dataset", "split", "ways", "shots", "within_alphabet", "inner_steps", "config",
             "comparison", "budget", "settings", "train_seed", "eval_seed")  # what a record measures (see the docstring)
 
-SCHEMA = 2  # the records of the results protocol; the legacy ones have no "schema"
+SCHEMAS = (2, 3)  # the records of the results protocol (3: with machine.probe_ms); the legacy ones have no "schema"
+SCHEMA = SCHEMAS[-1]
 LEGACY_RECORDS = 132
 LEGACY_SHA256 = "2f6f34f793d7c490c04479acac64dc56c5c10cc2893cd5e277492c29c92a6434"  # of json.dumps(them, sort_keys)
 COMMON_FIELDS = ("schema", "kind", "algorithm", "commit", "machine", "date", "command", "digest")
 MACHINE_FIELDS = ("cpu", "isa", "threads", "accelerator", "torch", "python")
+PROBE_FIELDS = ("probe_ms",)  # machine fields from schema 3 on: timing.speed_probe
+PROBE_RATIO = 1.25  # two probes further apart than this were two machines, whatever their label
 RUN_KINDS = ("accuracy", "table", "headline", "instances", "regression", "gpu_check", "tuning")  # trained models
 RUN_FIELDS = ("config", "config_sha256", "dataset", "split", "settings", "train_seed", "eval_seed", "precision",
               "batch_norm", "train_shape", "steps", "minutes", "test_episodes")
@@ -99,7 +103,8 @@ SANTORO = {  # Santoro et al. (2016), Table 1: Omniglot accuracy (%) by instance
 
 def machine() -> dict:
     """The machine a record was measured on. ``isa`` is the vector width PyTorch's CPU kernels use: one model name
-    ("AMD EPYC") has covered a 2.7x slower AVX2 machine and an AVX512 one here."""
+    ("AMD EPYC") has covered a 2.7x slower AVX2 machine and an AVX512 one here; ``probe_ms`` (``timing.speed_probe``)
+    tells apart machines that share both."""
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
@@ -107,7 +112,23 @@ def machine() -> dict:
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     accelerator = f"{len(gpus)} x {gpus[0]}" if gpus else "CPU only"
     return {"cpu": cpu, "isa": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-            "accelerator": accelerator, "torch": torch.__version__, "python": platform.python_version()}
+            "accelerator": accelerator, "torch": torch.__version__, "python": platform.python_version(),
+            "probe_ms": speed_probe()}
+
+
+def same_speed(a: dict, b: dict) -> bool:
+    """Whether two machine entries ran at one speed: their probes within ``PROBE_RATIO`` of each other."""
+    slower, faster = max(a["probe_ms"], b["probe_ms"]), min(a["probe_ms"], b["probe_ms"])
+    return slower <= PROBE_RATIO * faster
+
+
+def probes(rows: list[dict]) -> str:
+    """The range of the rows' speed probes, for a table's machine line ('' where no row has one)."""
+    measured = sorted(r["machine"]["probe_ms"] for r in rows if "probe_ms" in r["machine"])
+    if not measured:
+        return ""
+    span = f"{measured[0]:.1f}" if measured[0] == measured[-1] else f"{measured[0]:.1f} to {measured[-1]:.1f}"
+    return f"; speed probe (`timing.speed_probe`) {span} ms per step"
 
 
 def machine_label(m: dict) -> str:
@@ -348,8 +369,9 @@ def current(records: list[dict]) -> list[dict]:
 
 def check(records: list[dict]) -> None:
     """Raises RecordError at the first record that breaks the schema: the legacy records as they were written;
-    after them, every record of schema 2 with every common field (and, for a trained model, every run field), its
-    digest intact, superseding earlier records only, and no two current records measuring the same thing."""
+    after them, every record of schema 2 or 3 with every common field (for a trained model, every run field too;
+    from schema 3, the speed probe), its digest intact, superseding earlier records only, and no two current
+    records measuring the same thing."""
     legacy = records[:legacy_count(records)]
     if legacy and hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest() != LEGACY_SHA256:
         raise RecordError(f"records 1 to {len(legacy)} have no schema: only the {LEGACY_RECORDS} records written "
@@ -357,10 +379,11 @@ def check(records: list[dict]) -> None:
                           "here: restore benchmarks/results.json from git)")
     for n, r in enumerate(records[len(legacy):], len(legacy) + 1):
         where = f"record {n} ({r.get('kind')}, {r.get('algorithm')})"
-        if r.get("schema") != SCHEMA:
-            raise RecordError(f"{where}: schema is {r.get('schema')!r}, not {SCHEMA}")
+        if r.get("schema") not in SCHEMAS:
+            raise RecordError(f"{where}: schema is {r.get('schema')!r}, not one of {SCHEMAS}")
         fields = COMMON_FIELDS + (RUN_FIELDS if r.get("kind") in RUN_KINDS else ())
-        missing = [k for k in fields if k not in r] + [f"machine.{k}" for k in MACHINE_FIELDS
+        machine_fields = MACHINE_FIELDS + (PROBE_FIELDS if r["schema"] >= 3 else ())
+        missing = [k for k in fields if k not in r] + [f"machine.{k}" for k in machine_fields
                                                        if k not in r.get("machine", {})]
         if r.get("kind") in RUN_KINDS and "minutes" in r:
             missing += [f"minutes.{k}" for k in MINUTES_FIELDS if k not in r["minutes"]]
@@ -384,7 +407,7 @@ def check(records: list[dict]) -> None:
 
 
 def stamped(entry: dict, records: list[dict]) -> dict:
-    """``entry`` as a record of schema 2: the commit, machine, date and command filled in where the script left them
+    """``entry`` as a record of the current schema: the commit, machine, date and command filled in where the script left them
     out, the current records it supersedes, and its digest."""
     entry = {"schema": SCHEMA, **entry}
     entry.setdefault("commit", commit())
@@ -403,12 +426,13 @@ def stamped(entry: dict, records: list[dict]) -> dict:
 
 def measured_here(**match: object) -> list[dict]:
     """The current records of the protocol with the ``match`` values, made at this commit on this machine (same CPU
-    model, instruction set, threads and accelerator): what a resumable benchmark skips."""
+    model, instruction set, threads and accelerator, and a speed probe within ``PROBE_RATIO``): what a resumable
+    benchmark skips."""
     here, now = machine(), commit()
     same = ("cpu", "isa", "threads", "accelerator")
     return [r for r in current(load()) if "schema" in r and r["commit"] == now
             and all(r.get(k) == v for k, v in match.items())
-            and all(r["machine"][k] == here[k] for k in same)]
+            and all(r["machine"][k] == here[k] for k in same) and same_speed(r["machine"], here)]
 
 
 def load() -> list[dict]:
@@ -718,7 +742,7 @@ def protocol_table_section(rows: list[dict]) -> list[str]:
              "algorithm has no such setting).", ""]
     for (commit_, hardware), group in sorted(groups.items(), key=lambda item: -len(item[1])):
         group.sort(key=lambda r: order.index(r["config"]) if r["config"] in order else len(order))
-        lines += [f"Commit {short_commit(commit_)}; machine: {hardware}.", "",
+        lines += [f"Commit {short_commit(commit_)}; machine: {hardware}{probes(group)}.", "",
                   "| algorithm | config | trained on | batch norm | precision | " + " | ".join(TABLE_SHAPES)
                   + " | steps | minutes (training + validation) | test minutes | budget | date |",
                   "| --- " * (len(TABLE_SHAPES) + 10) + "|"]
@@ -762,7 +786,7 @@ def headline_section(rows: list[dict]) -> list[str]:
         runs: dict[tuple, list[dict]] = {}
         for r in group:
             runs.setdefault((r["algorithm"], r["config"], r["budget"], r["metric"]), []).append(r)
-        lines += [f"Machine: {hardware}", "",
+        lines += [f"Machine: {hardware}{probes(group)}", "",
                   "| algorithm | config | metric | target | budget | seeds: test acc [fresh episodes] | mean | spread "
                   "| met | steps, minutes (training + validation) | commit |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -18,7 +18,7 @@ from results import RecordError  # noqa: E402
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 MACHINE = {"cpu": "Test CPU", "isa": "AVX2", "threads": 2, "accelerator": "CPU only", "torch": "2.14.1",
-           "python": "3.11.7"}
+           "python": "3.11.7", "probe_ms": 40.0}
 
 
 def accuracy_record(**changes) -> dict:
@@ -47,7 +47,7 @@ def test_every_record_of_the_project_meets_the_schema():
     records = results.load()
     results.check(records)
     assert results.legacy_count(records) == results.LEGACY_RECORDS  # the frozen records, then the protocol's
-    assert all(r["schema"] == results.SCHEMA for r in records[results.LEGACY_RECORDS:])
+    assert all(r["schema"] in results.SCHEMAS for r in records[results.LEGACY_RECORDS:])
 
 
 def test_a_legacy_record_edited_or_removed_is_refused():
@@ -60,7 +60,8 @@ def test_a_legacy_record_edited_or_removed_is_refused():
         results.check(records[1:])
 
 
-REQUIRED = [*results.COMMON_FIELDS, *results.RUN_FIELDS, *(f"machine.{k}" for k in results.MACHINE_FIELDS),
+REQUIRED = [*results.COMMON_FIELDS, *results.RUN_FIELDS,
+            *(f"machine.{k}" for k in results.MACHINE_FIELDS + results.PROBE_FIELDS),
             *(f"minutes.{k}" for k in results.MINUTES_FIELDS)]
 
 
@@ -75,6 +76,33 @@ def test_a_record_missing_a_required_field_is_refused(field):
     entry["digest"] = results.digest(entry)  # so that only the missing field can be the reason
     with pytest.raises(RecordError, match=f"(record 1 .*{field}|records 1 to 1 have no schema)"):
         results.check([entry])
+
+
+def test_a_record_of_schema_2_has_no_speed_probe_and_one_of_schema_3_must():
+    old = {**results.stamped(accuracy_record(machine={k: MACHINE[k] for k in results.MACHINE_FIELDS}), []),
+           "schema": 2}
+    old["digest"] = results.digest(old)
+    results.check([old])
+    new = {**old, "schema": 3}
+    new["digest"] = results.digest(new)
+    with pytest.raises(RecordError, match="missing machine.probe_ms"):
+        results.check([new])
+
+
+@pytest.mark.parametrize("probe_ms, here", [(40.0, True), (49.0, True), (32.5, True), (51.0, False), (31.0, False)])
+def test_a_resumed_benchmark_skips_only_what_a_machine_of_this_speed_measured(files, monkeypatch, probe_ms, here):
+    """Records at this commit, on a CPU of this label, count as measured here only where their speed probe is
+    within 1.25x of this machine's (40 ms): 51 ms is another, slower machine of the same label."""
+    monkeypatch.setattr(results, "commit", lambda: COMMIT)
+    monkeypatch.setattr(results, "machine", lambda: MACHINE)
+    results.record(accuracy_record(machine={**MACHINE, "probe_ms": probe_ms}))
+    assert len(results.measured_here(kind="accuracy", config="proto.yaml")) == (1 if here else 0)
+    assert results.measured_here(kind="accuracy", config="maml.yaml") == []
+
+
+def test_the_speed_probe_is_measured_once_per_process_and_recorded():
+    probe = timing.speed_probe()
+    assert probe > 0 and timing.speed_probe() == probe and results.machine()["probe_ms"] == probe
 
 
 def test_a_speed_record_needs_the_common_fields_only():

@@ -72,7 +72,8 @@ def test_the_readme_shows_the_table_of_one_commit_once_it_covers_every_config(tm
         monkeypatch.setattr(results, name, tmp_path / file)
     begin, end = README_TABLE
     (tmp_path / "README.md").write_text(f"# Intro\n\n{begin}\n| stale | row |\n{end}\n\n## After\n")
-    machine = {"cpu": "Test CPU", "isa": "AVX2", "threads": 2, "accelerator": "CPU only", "torch": "2", "python": "3"}
+    machine = {"cpu": "Test CPU", "isa": "AVX2", "threads": 2, "accelerator": "CPU only", "torch": "2", "python": "3",
+               "probe_ms": 40.0}
     configs = [(algorithm, config, shapes) for algorithm, plan in TABLE_PLAN.items() for config, shapes in plan]
     for n, (algorithm, config, shapes) in enumerate(configs):
         results.record({
@@ -111,6 +112,9 @@ def test_headline_trains_the_seeds_a_target_needs_and_tests_each_on_fresh_episod
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # another seed, another model
     markdown = (tmp_path / "RESULTS.md").read_text()
     mean = sum(r["acc"] for r in records) / len(records)
+    machine_line = next(line for line in markdown.splitlines() if "speed probe (`timing.speed_probe`)" in line)
+    probes = [r["machine"]["probe_ms"] for r in records]
+    assert f"{min(probes):.1f}" in machine_line and f"{max(probes):.1f}" in machine_line
     row = next(line for line in markdown.splitlines() if line.startswith("| protonet | proto.yaml |"))
     assert f"**{mean:.2f}**" in row and ("| **met** |" if mean >= 98.0 else "| not met |") in row
     assert f"seed 1: {records[1]['acc']:.2f} ± {records[1]['ci95']:.2f} [{records[1]['fresh']['acc']:.2f}" in row

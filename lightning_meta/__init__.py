@@ -3,6 +3,8 @@
 from lightning_meta.algorithms import (
     ALGORITHMS,
     MAML,
+    Baseline,
+    BaselinePlusPlus,
     MANN,
     MatchingNetwork,
     MetaLearner,
@@ -12,6 +14,7 @@ from lightning_meta.algorithms import (
     RelationNetwork,
     Reptile,
     Siamese,
+    SimpleShot,
 )
 from lightning_meta.data import EpisodicDataModule, OmniglotDataModule, SinusoidDataModule, SyntheticDataModule
 from lightning_meta.episode import Episode
@@ -19,7 +22,8 @@ from lightning_meta.errors import ConfigError, TrainingError
 from lightning_meta.predict import Prediction, classify
 
 __all__ = [
-    "ALGORITHMS", "ConfigError", "Episode", "EpisodicDataModule", "MAML", "MANN", "MatchingNetwork", "MetaLearner",
-    "MetaLSTM", "MetaNet", "OmniglotDataModule", "Prediction", "ProtoNet", "RelationNetwork", "Reptile", "Siamese",
-    "SinusoidDataModule", "SyntheticDataModule", "TrainingError", "classify",
+    "ALGORITHMS", "Baseline", "BaselinePlusPlus", "ConfigError", "Episode", "EpisodicDataModule", "MAML", "MANN",
+    "MatchingNetwork", "MetaLearner", "MetaLSTM", "MetaNet", "OmniglotDataModule", "Prediction", "ProtoNet",
+    "RelationNetwork", "Reptile", "Siamese", "SimpleShot", "SinusoidDataModule", "SyntheticDataModule",
+    "TrainingError", "classify",
 ]  # fmt: skip

@@ -92,15 +92,16 @@ class MetaCLI(LightningCLI):
         """Checks data and checkpoint first, so that bad input is one line before anything is written."""
         self.run_name = config_name(self.config)
         self.ckpt_path, version = resolve_ckpt_path(self.config.ckpt_path, self.config.log_root, self.run_name)
-        if self.ckpt_path is not None:
-            read_checkpoint(self.ckpt_path, self.model, None if self.config.test_only else self.datamodule)
-        elif self.config.test_only:
+        if self.ckpt_path is None and self.config.test_only:
             raise ConfigError("--test_only needs a checkpoint: add --ckpt_path PATH (or --ckpt_path last)")
         trainer = self.config_init["trainer"]
         self.model.validate_setup(self.datamodule, trainer.get("inference_mode", True), trainer.get("max_steps", -1))
         if rank_zero_only.rank == 0:
             self.datamodule.prepare_data()
         self.datamodule.setup("test" if self.config.test_only else "fit")
+        self.model.bind_data(self.datamodule, training=not self.config.test_only)
+        if self.ckpt_path is not None:
+            read_checkpoint(self.ckpt_path, self.model, None if self.config.test_only else self.datamodule)
         if self.config.test_only:  # writes nothing: no logs, no checkpoints, no saved config
             self.save_config_callback = None
             return super().instantiate_trainer(logger=False, enable_checkpointing=False, **kwargs)

@@ -13,13 +13,16 @@ from test_configs import BuildOnly, Built
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from lightning_meta import EpisodicDataModule, MetaLearner  # noqa: E402
+from lightning_meta.data import LabelledBatch  # noqa: E402
 from lightning_meta.episode import Episode  # noqa: E402
 
 META = torch.device("meta")
 CONFIGS = ["proto.yaml", "matching.yaml", "matching_fce.yaml", "relation.yaml", "siamese.yaml", "maml.yaml",
            "fomaml.yaml", "reptile.yaml", "mann.yaml", "metanet.yaml", "meta_lstm.yaml"]
+PRETRAINED = ["baseline.yaml", "baseline_pp.yaml", "simpleshot.yaml"]  # they pretrain on labelled batches
 SETTINGS = {
     "mann.yaml": ["--model.compile_step", "false"],  # torch.compile's CPU compiler cannot lower meta tensors
+    **{config: ["--model.num_classes", "10"] for config in PRETRAINED},  # else sized from the data's classes
 }
 
 
@@ -63,3 +66,20 @@ def test_a_training_and_a_prediction_step_stay_on_the_models_device(config, monk
     assert all(g.device == META for g in grads)
     with torch.no_grad():
         assert model.evaluate(episode).device == META
+
+
+@pytest.mark.parametrize("config", PRETRAINED)
+def test_a_pretraining_and_a_prediction_step_stay_on_the_models_device(config):
+    model, data = built(config)
+    images = torch.randint(0, 256, (4, *data.image_shape), dtype=torch.uint8)
+    batch = data.on_after_batch_transfer(data.transfer_batch_to_device(LabelledBatch(images, torch.arange(4)), META,
+                                                                       0), 0)
+    assert batch.images.device == META and batch.images.is_floating_point()
+    model = model.to(META)
+    loss, outputs = model.meta_loss(batch)
+    assert loss.device == META and outputs.device == META
+    loss.backward()
+    assert all(p.grad.device == META for p in model.parameters() if p.grad is not None)
+    episode = data.on_after_batch_transfer(data.transfer_batch_to_device(uint8_episode(data), META, 0), 0)
+    with torch.no_grad():
+        assert model.eval().evaluate(episode).device == META

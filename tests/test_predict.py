@@ -22,7 +22,21 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from lightning_meta import MAML, MANN, MatchingNetwork, MetaLSTM, MetaNet, ProtoNet, RelationNetwork, Reptile, Siamese
+from lightning_meta import (
+    MAML,
+    MANN,
+    Baseline,
+    BaselinePlusPlus,
+    MatchingNetwork,
+    MetaLSTM,
+    MetaNet,
+    ProtoNet,
+    RelationNetwork,
+    Reptile,
+    Siamese,
+    SimpleShot,
+)
+from lightning_meta.data import LabelledBatch
 from lightning_meta.algorithms.mann import EpisodeSequence
 from lightning_meta.episode import Episode
 from lightning_meta.predict import classify, main
@@ -72,6 +86,9 @@ def models() -> dict[str, torch.nn.Module]:
         "metanet": MetaNet(SHAPE, n_way=n, hidden=16, blocks=2),
         "mann": MANN(SHAPE, n_way=n, controller=64, memory_rows=16, memory_width=16, heads=1, add_vector=True,
                      lr=3e-3),
+        "baseline": Baseline(SHAPE, hidden=16, num_classes=n, lr=3e-3),
+        "baseline_pp": BaselinePlusPlus(SHAPE, hidden=16, num_classes=n, lr=3e-3),
+        "simpleshot": SimpleShot(SHAPE, hidden=16, num_classes=n, features="L2N", lr=3e-3),
     }  # fmt: skip
 
 
@@ -112,8 +129,15 @@ def training_episode(pool: torch.Tensor, g: torch.Generator, k: int = 2, q: int 
                    x[:, k:].flatten(0, 1)[None], labels.expand(n, q).flatten()[None], n)
 
 
+def labelled_batch(pool: torch.Tensor, g: torch.Generator, size: int = 16) -> LabelledBatch:
+    """``size`` drawings from ``pool`` at random, each labelled with its glyph (pretraining's batches)."""
+    glyphs = torch.randint(pool.shape[0], (size,), generator=g)
+    return LabelledBatch(pool[glyphs, torch.randint(pool.shape[1], (size,), generator=g)], glyphs)
+
+
 def trained(model: torch.nn.Module, pool: torch.Tensor, check: Episode, max_steps: int = 3000) -> torch.nn.Module:
-    """``model`` trained by its own meta_loss on tasks drawn from ``pool`` until it classifies ``check`` right."""
+    """``model`` trained by its own meta_loss on tasks drawn from ``pool`` (or, for the pretraining family, on
+    labelled batches of it) until it classifies ``check`` right."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     optimizer = model.configure_optimizers()
@@ -124,7 +148,8 @@ def trained(model: torch.nn.Module, pool: torch.Tensor, check: Episode, max_step
                 if bool((model.evaluate(check).argmax(-1) == check.query_labels).all()):
                     return model
         model.train()
-        loss, _ = model.meta_loss(training_episode(pool, g))
+        batch = labelled_batch(pool, g) if model.trains_on == "labelled" else training_episode(pool, g)
+        loss, _ = model.meta_loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

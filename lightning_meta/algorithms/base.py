@@ -72,6 +72,7 @@ class MetaLearner(pl.LightningModule, ABC):
     tasks: ClassVar[tuple[str, ...]] = ("classification",)  # the kinds of episode (data.task) it can learn
     adapts_at_evaluation: ClassVar[bool] = False  # needs gradients on the support set in validation and test
     evaluated_on_training_task: ClassVar[bool] = False  # validation and test score meta_loss's outputs, not evaluate's
+    trains_on: ClassVar[str] = "episodes"  # or "labelled": batches of labelled images (data.train_batches)
 
     def __init__(
         self,
@@ -105,6 +106,12 @@ class MetaLearner(pl.LightningModule, ABC):
         if task not in self.tasks:
             raise ConfigError(f"{type(self).__name__} learns {' or '.join(self.tasks)} episodes, but the data "
                               f"gives {task} episodes; choose another data module or algorithm")
+        batches = getattr(data, "train_batches", "episodes")
+        if batches != self.trains_on:
+            how = ("pretrains on batches of labelled images from all training classes" if self.trains_on == "labelled"
+                   else "trains on episodes")
+            raise ConfigError(f"{type(self).__name__} {how}, but data.train_batches is {batches!r}; set "
+                              f"data.train_batches: {self.trains_on}")
         if self.adapts_at_evaluation and inference_mode:
             raise ConfigError(f"{type(self).__name__} takes gradients on the support set when it evaluates; "
                               f"set trainer.inference_mode: false")
@@ -122,10 +129,17 @@ class MetaLearner(pl.LightningModule, ABC):
                 raise ConfigError(f"model.n_way is {n_way} but the data gives {n}-way {subset} episodes; the output "
                                   f"layer has one unit per class, so {fix}")
 
+    def bind_data(self, data: Any, training: bool) -> None:
+        """Sizes what depends on the data beyond its input shape, where the model has such parts (the pretraining
+        family's classifier, one output per training class), and checks it against ``data`` for ``training``.
+        ``train.py`` calls it once the data is set up, before a checkpoint is read; ``setup`` calls it again for
+        runs started from Python. Nothing by default."""
+
     def setup(self, stage: str) -> None:
         data = None if self.trainer is None else self.trainer.datamodule
         if data is not None:
             self.validate_setup(data, self.trainer.test_loop.inference_mode, self.trainer.max_steps)
+            self.bind_data(data, training=stage == "fit")
             self.metric_name = METRICS[getattr(data, "task", "classification")]
 
     def score(self, predictions: Tensor, episode: Episode) -> Tensor:
@@ -139,7 +153,7 @@ class MetaLearner(pl.LightningModule, ABC):
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         """The training loss of a task batch, and the outputs it came from (``episode_scores`` scores them): the
         query predictions, scores [T, N*Q, N] (higher is more likely) or values [T, Q, 1] for regression, unless the
-        algorithm scores its own outputs."""
+        algorithm scores its own outputs. (An algorithm that ``trains_on`` labelled batches gets one of those.)"""
 
     @abstractmethod
     def predict(self, episode: Episode) -> Tensor:

@@ -27,6 +27,13 @@ def logsumexp_by_class(values: Tensor, labels: Tensor, n_way: int) -> Tensor:
     return values[:, :, None].masked_fill(~in_class[:, None], float("-inf")).logsumexp(dim=-1)
 
 
+def class_means(z: Tensor, labels: Tensor, n_way: int) -> Tensor:
+    """The mean of each class's examples (ProtoNet's prototypes c_k, SimpleShot's centroids): z [T, NK, D],
+    labels [T, NK] -> [T, N, D]."""
+    y = F.one_hot(labels, n_way).to(z.dtype)  # [T, NK, N]
+    return y.transpose(1, 2) @ z / y.sum(1)[..., None]
+
+
 class MetricLearner(MetaLearner, EmbeddingPictures):
     """An embedding f_θ and ``predict`` scores; by default trained by the negative log-likelihood of the true
     class, the scores being log-probabilities up to a constant.

@@ -6,11 +6,10 @@ classified by a softmax over negative squared Euclidean distances to the prototy
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_meta.algorithms.base import register
-from lightning_meta.algorithms.metric import MetricLearner
+from lightning_meta.algorithms.metric import MetricLearner, class_means
 from lightning_meta.episode import Episode
 
 
@@ -23,7 +22,6 @@ class ProtoNet(MetricLearner):
 
     def predict(self, episode: Episode) -> Tensor:
         z_support, z_query = self.embed(episode)  # [T, NK, D], [T, NQ, D]
-        y = F.one_hot(episode.support_labels, episode.n_way).to(z_support.dtype)  # [T, NK, N]
-        prototypes = y.transpose(1, 2) @ z_support / y.sum(1)[..., None]  # c_k, [T, N, D]
+        prototypes = class_means(z_support, episode.support_labels, episode.n_way)  # c_k, [T, N, D]
         distances = (z_query[:, :, None] - prototypes[:, None]).pow(2).sum(-1)  # d(f(x), c_k), [T, NQ, N]
         return -distances

@@ -3,6 +3,7 @@
 from lightning_meta.data.cifar import CIFARFewShotDataModule
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.folder import ClassFolderDataModule
+from lightning_meta.data.labelled import LabelledBatch, LabelledBatches
 from lightning_meta.data.miniimagenet import MiniImageNetDataModule
 from lightning_meta.data.omniglot import OmniglotDataModule
 from lightning_meta.data.sampler import EpisodeSampler, EpisodeSchedule
@@ -14,6 +15,6 @@ from lightning_meta.errors import DataError
 
 __all__ = [
     "CIFARFewShotDataModule", "ClassFolderDataModule", "ClassStore", "DataError", "EpisodeSampler", "EpisodeSchedule",
-    "EpisodicDataModule", "MiniImageNetDataModule", "OmniglotDataModule", "SinusoidDataModule", "SinusoidTasks",
-    "SyntheticDataModule", "episode_seed",
+    "EpisodicDataModule", "LabelledBatch", "LabelledBatches", "MiniImageNetDataModule", "OmniglotDataModule",
+    "SinusoidDataModule", "SinusoidTasks", "SyntheticDataModule", "episode_seed",
 ]  # fmt: skip

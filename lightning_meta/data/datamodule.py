@@ -6,13 +6,14 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_meta.data.labelled import LabelledBatch, LabelledBatches
 from lightning_meta.data.sampler import EpisodeSampler, EpisodeSchedule
 from lightning_meta.data.store import ClassStore
 from lightning_meta.episode import Episode, collate_episodes
@@ -45,6 +46,10 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
     augment all images of an episode in one call) augments each training image, and ``eval_transform`` each
     validation and test image; ``mean`` and ``std`` normalise every image (per channel) once it is a float
     on the device.
+
+    With ``train_batches: labelled`` a training step is instead a batch of ``batch_size`` labelled images from all
+    training classes (``lightning_meta.data.labelled``), for the algorithms that pretrain on them (Baseline,
+    Baseline++, SimpleShot); validation and test stay episodic.
     """
 
     group: str = "group"  # what a class group is called in this data set ("alphabet" for Omniglot)
@@ -65,6 +70,8 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
         val_episodes: int = 200,
         test_episodes: int = 1000,
         within_group: bool = False,
+        train_batches: Literal["episodes", "labelled"] = "episodes",
+        batch_size: int = 64,
         seed: int = 0,
         eval_seed: int = 0,
         train_transform: nn.Module | None = None,
@@ -76,7 +83,7 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
         super().__init__()
         for name, value in (("tasks_per_batch", tasks_per_batch), ("eval_tasks_per_batch", eval_tasks_per_batch),
                             ("batches_per_epoch", batches_per_epoch), ("val_episodes", val_episodes),
-                            ("test_episodes", test_episodes)):
+                            ("test_episodes", test_episodes), ("batch_size", batch_size)):
             if value < 1:
                 raise DataError(f"data.{name} must be at least 1 (got {value})")
         self.shapes = {
@@ -84,6 +91,9 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
             "val": (eval_n_way or n_way, eval_k_shot or k_shot, eval_n_query or n_query),
         }
         self.shapes["test"] = self.shapes["val"]
+        if train_batches not in ("episodes", "labelled"):
+            raise DataError(f"data.train_batches must be 'episodes' or 'labelled' (got {train_batches!r})")
+        self.train_batches, self.batch_size = train_batches, batch_size
         self.tasks_per_batch, self.eval_tasks_per_batch = tasks_per_batch, eval_tasks_per_batch
         self.batches_per_epoch = batches_per_epoch
         self.num_episodes = {"val": val_episodes, "test": test_episodes}
@@ -94,17 +104,31 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
             raise DataError("data.mean and data.std go together: set both (one value per channel) or neither")
         self.mean = None if mean is None else torch.tensor(mean).view(-1, 1, 1)
         self.std = None if std is None else torch.tensor(std).view(-1, 1, 1)
-        self.samplers: dict[str, Dataset[Episode]] = {}
+        self.samplers: dict[str, Dataset[Episode] | Dataset[LabelledBatch]] = {}
+        self.subset_stores: dict[str, ClassStore] = {}  # built by ``store``
 
     def build_store(self, subset: str) -> ClassStore:
         """The class store of ``subset`` ('train', 'val' or 'test'); class-based data sets implement this."""
         raise NotImplementedError(f"{type(self).__name__} implements neither build_store nor build_sampler")
 
-    def build_sampler(self, subset: str) -> Dataset[Episode]:
-        """The episodes of ``subset``, a dataset indexed by episode number: N-way K-shot over its class store."""
+    def store(self, subset: str) -> ClassStore:
+        """The class store of ``subset``, built once."""
+        if subset not in self.subset_stores:
+            self.subset_stores[subset] = self.build_store(subset)
+        return self.subset_stores[subset]
+
+    def training_classes(self) -> int:
+        """The number of training classes (the pretraining family's classifier has one output per class)."""
+        return self.store("train").num_classes
+
+    def build_sampler(self, subset: str) -> Dataset[Episode] | Dataset[LabelledBatch]:
+        """The episodes of ``subset``, a dataset indexed by episode number: N-way K-shot over its class store; or,
+        for training with ``train_batches: labelled``, its labelled batches, indexed by batch number."""
+        if subset == "train" and self.train_batches == "labelled":
+            return LabelledBatches(self.store(subset), self.batch_size, self.seed, self.transforms[subset])
         n, k, q = self.shapes[subset]
         return EpisodeSampler(
-            self.build_store(subset), subset, n, k, q,
+            self.store(subset), subset, n, k, q,
             seed=self.seed if subset == "train" else self.eval_seed,
             within_group=self.within_group,
             transform=self.transforms[subset],
@@ -135,6 +159,10 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
     def _loader(self, subset: str) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         train = subset == "train"
+        if train and self.train_batches == "labelled":  # an item is a whole batch: one a step
+            schedule = EpisodeSchedule(self.batches_per_epoch * world, 1, rank, world, self._trained_batches)
+            return DataLoader(self.samplers[subset], batch_size=None, sampler=schedule, num_workers=self.num_workers,
+                              persistent_workers=self.num_workers > 0)
         batch = self.tasks_per_batch if train else self.eval_tasks_per_batch
         episodes = self.batches_per_epoch * batch * world if train else self.num_episodes[subset]
         schedule = EpisodeSchedule(episodes, batch, rank, world, self._trained_batches if train else None)
@@ -154,20 +182,29 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
         """uint8 images to floats in [0, 1], then per-channel normalisation if mean and std are set."""
         return images if images.dtype != torch.uint8 else normalise(images, self.mean, self.std)
 
-    def transfer_batch_to_device(self, batch: Episode, device: torch.device, dataloader_idx: int) -> Episode:
-        """Moves the episode's tensors to ``device`` but its task keys, which stay on the CPU: they seed CPU
+    def transfer_batch_to_device(self, batch: Episode | LabelledBatch, device: torch.device,
+                                 dataloader_idx: int) -> Episode | LabelledBatch:
+        """Moves the batch's tensors to ``device`` but an episode's task keys, which stay on the CPU: they seed CPU
         generators (``Episode.generator``), and reading them from an accelerator would wait for it at every task."""
+        if isinstance(batch, LabelledBatch):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
         keys, batch.keys = batch.keys, None
         batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
         batch.keys = keys
         return batch
 
-    def on_after_batch_transfer(self, batch: Episode, dataloader_idx: int) -> Episode:
-        batch.support, batch.query = self.to_float(batch.support), self.to_float(batch.query)
+    def on_after_batch_transfer(self, batch: Episode | LabelledBatch, dataloader_idx: int) -> Episode | LabelledBatch:
+        if isinstance(batch, LabelledBatch):
+            batch.images = self.to_float(batch.images)
+        else:
+            batch.support, batch.query = self.to_float(batch.support), self.to_float(batch.query)
         return batch
 
     def training_episodes(self) -> dict[str, int]:
-        """What fixes the sequence of training episodes; a run resumed from a checkpoint must keep all of it."""
+        """What fixes the sequence of training episodes (or labelled batches); a run resumed from a checkpoint must
+        keep all of it."""
+        if self.train_batches == "labelled":
+            return {"train_batches": "labelled", "batch_size": self.batch_size, "seed": self.seed}
         n, k, q = self.shapes["train"]
         return {"n_way": n, "k_shot": k, "n_query": q, "tasks_per_batch": self.tasks_per_batch, "seed": self.seed}
 

@@ -22,6 +22,17 @@ from lightning_meta.episode import Episode, episode_seed
 from lightning_meta.errors import DataError
 
 
+def transformed(images: Tensor, transform: Callable[[Tensor], Tensor], batched: bool, seed: int) -> Tensor:
+    """``transform`` of each image of ``images`` [M, *x] under the random seed ``seed``, which makes augmentation as
+    reproducible as the images drawn: one call for all images where ``batched`` (each image still gets its own
+    random parameters), else one call per image."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if batched:
+            return transform(images)
+        return torch.stack([transform(image) for image in images])
+
+
 class EpisodeSampler(Dataset[Episode]):
     """N-way K-shot episodes with Q queries per class from a class store; a map-style dataset whose keys are
     episode indices (every non-negative integer is an episode).
@@ -86,14 +97,8 @@ class EpisodeSampler(Dataset[Episode]):
         classes, items = self.indices(index)
         x = self.store.images[classes[:, None], items]  # [N, K+Q, *x]
         if self.transform is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(episode_seed(self.seed, self.split + "/transform", index))
-                images = x.flatten(0, 1)  # [N*(K+Q), *x]
-                if self.batched:  # one call for all images, each with its own random parameters
-                    images = self.transform(images)
-                else:
-                    images = torch.stack([self.transform(image) for image in images])
-                x = images.unflatten(0, x.shape[:2])
+            seed = episode_seed(self.seed, self.split + "/transform", index)
+            x = transformed(x.flatten(0, 1), self.transform, self.batched, seed).unflatten(0, x.shape[:2])
         n, k, q = self.n_way, self.k_shot, self.n_query
         labels = torch.arange(n)
         return Episode(

@@ -60,7 +60,7 @@ class SimpleShot(PretrainedLearner):
             return
         data = self.trainer.datamodule
         store = data.store("train")
-        real = torch.nonzero(torch.arange(store.images.shape[1]) < store.sizes[:, None])  # [I, 2] (class, item)
+        real = store.real_items()  # [I, 2] (class, item)
         total = torch.zeros(self.feature_dim, dtype=torch.float64, device=self.train_mean.device)
         for chunk in real.split(MEAN_CHUNK):
             images = data.to_float(store.images[chunk[:, 0], chunk[:, 1]].to(self.train_mean.device))

@@ -40,8 +40,7 @@ class LabelledBatches(Dataset[LabelledBatch]):
 
     def __init__(self, store: ClassStore, batch_size: int, seed: int = 0,
                  transform: Callable[[Tensor], Tensor] | None = None) -> None:
-        slots = torch.arange(store.images.shape[1])
-        self.images = torch.nonzero(slots < store.sizes[:, None])  # [I, 2]: (class, item) of every real image
+        self.images = store.real_items()  # [I, 2]: (class, item) of every real image
         if not 1 <= batch_size <= len(self.images):
             raise DataError(f"data.batch_size must be between 1 and the {len(self.images)} training images (got "
                             f"{batch_size}); lower it")

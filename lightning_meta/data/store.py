@@ -51,6 +51,10 @@ class ClassStore:
         """[classes] the number of items of each class."""
         return torch.full((self.num_classes,), self.images.shape[1]) if self.counts is None else self.counts
 
+    def real_items(self) -> Tensor:
+        """[I, 2] the (class, item) index of every real image (the padding slots left out), class by class."""
+        return torch.nonzero(torch.arange(self.images.shape[1]) < self.sizes[:, None])
+
     @classmethod
     def from_classes(cls, classes: dict[str, list[np.ndarray]], groups: dict[str, str] | None = None) -> ClassStore:
         """A store of the given classes (name -> its decoded images [*x] uint8), in sorted name order; classes

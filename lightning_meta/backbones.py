@@ -1,4 +1,10 @@
-"""Embedding networks shared by all algorithms, found by name (``backbone: conv4`` in a config)."""
+"""Embedding networks shared by all algorithms, found by name (``backbone: conv4`` in a config).
+
+Beside this module's own networks, ``backbone: torchvision:<name>`` and ``backbone: timm:<name>`` take any
+classification network of torchvision or of timm (an optional extra: ``pip install lightning-meta[timm]``) as an
+embedding: its classifier removed, its pooled features the embedding. ``pretrained`` loads weights into it: ``true``,
+the library's published weights (downloaded once into its cache); a path, a state dict saved from the same network.
+"""
 
 from __future__ import annotations
 
@@ -193,9 +199,126 @@ def mlp(image_shape: tuple[int, ...], hidden: int = 64, layers: int = 2) -> nn.S
     return nn.Sequential(*body)
 
 
-def build_backbone(name: str, image_shape: tuple[int, ...], **kwargs) -> nn.Module:
+class ExternalBackbone(nn.Module):
+    """A torchvision or timm network without its classifier, as an embedding [B, C, H, W] -> [B, D]. The networks
+    take RGB: a grey image enters as three equal channels (the same as summing the first layer's weights over its
+    input channels, which is how timm adapts a network to one channel)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
+
+
+def state_dict_file(path: str, name: str) -> dict[str, Tensor]:
+    """The weights saved at ``path`` for backbone ``name``; a missing or unreadable file is one ConfigError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ConfigError(f"model.pretrained: cannot read weights for backbone {name} from {path} ({error}); give "
+                          f"a file saved by torch.save(network.state_dict()), or true for the published "
+                          f"weights") from None
+
+
+def load_saved(net: nn.Module, path: str, name: str) -> None:
+    """Loads the state dict file ``path`` into ``net`` (backbone ``name``): every weight of ``net`` must be there
+    with its shape; others (a classifier ``net`` has not) are left out. A file that does not fit is one
+    ConfigError."""
+    saved, own = state_dict_file(path, name), net.state_dict()
+    missing = [key for key in own if key not in saved]
+    try:
+        if missing:
+            raise RuntimeError(f"{len(missing)} weights missing, e.g. {missing[0]}")
+        net.load_state_dict({key: saved[key] for key in own})
+    except RuntimeError as error:
+        raise ConfigError(f"model.pretrained: {path} does not hold {name}'s weights ({str(error).splitlines()[0]}); "
+                          f"save them from that network") from None
+
+
+def published(build: Callable[..., nn.Module], name: str, backbone: str, **settings) -> nn.Module:
+    """``build(name, **settings)``, a library's network, with the published weights where the settings ask for
+    them: a download that fails (no internet, no cached copy) is one ConfigError."""
+    try:
+        return build(name, **settings)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ConfigError(f"cannot load {backbone}'s published weights ({str(error).splitlines()[0]}); connect to "
+                          f"the internet once (the library caches them), or save them to a file and give "
+                          f"model.pretrained: PATH") from None
+
+
+def torchvision_network(name: str, pretrained: bool | str) -> nn.Module:
+    """torchvision's classification network ``name`` with its last linear layer (the classifier) made the
+    identity: published weights (``weights="DEFAULT"``) or a state dict file."""
+    import torchvision.models
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        raise ConfigError(f"torchvision has no classification network {name!r}; choose one of "
+                          f"torchvision.models.list_models(), e.g. resnet18")
+    net = published(torchvision.models.get_model, name, f"torchvision:{name}", weights="DEFAULT" if pretrained is True
+                    else None)
+    if isinstance(pretrained, str):
+        load_saved(net, pretrained, f"torchvision:{name}")
+    classifier = next(((parent, attribute) for parent in reversed(list(net.modules()))
+                       for attribute, child in reversed(list(parent.named_children())) if isinstance(child, nn.Linear)),
+                      None)  # the last linear layer, in the order the network lists its modules
+    if classifier is None:
+        raise ConfigError(f"torchvision:{name} has no linear classifier to remove; choose a network that ends in "
+                          f"one, e.g. resnet18")
+    setattr(*classifier, nn.Identity())
+    return net
+
+
+def timm_network(name: str, pretrained: bool | str) -> nn.Module:
+    """timm's network ``name`` without its classifier (``num_classes=0``: pooled features): published weights
+    (``pretrained=True``, from timm's hub) or a state dict file."""
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(f"backbone timm:{name} needs timm, an optional extra: pip install 'lightning-meta[timm]' "
+                          f"(or pip install timm)") from None
+    if not timm.is_model(name):
+        raise ConfigError(f"timm has no network {name!r}; choose one of timm.list_models(), e.g. resnet18")
+    net = published(timm.create_model, name, f"timm:{name}", pretrained=pretrained is True, num_classes=0)
+    if isinstance(pretrained, str):  # loaded here, strictly: timm's own loading forgives missing weights
+        load_saved(net, pretrained, f"timm:{name}")
+    return net
+
+
+EXTERNAL = {"torchvision": torchvision_network, "timm": timm_network}
+
+
+def external_backbone(library: str, name: str, image_shape: tuple[int, ...], pretrained: bool | str) -> nn.Module:
+    """``library:name`` as an embedding of images ``image_shape``, checked on one blank image first: the channels
+    (grey or RGB) and a size the network can take."""
+    if len(image_shape) != 3 or image_shape[0] not in (1, 3):
+        raise ConfigError(f"backbone {library}:{name} embeds grey or RGB images (1 or 3, H, W), got input shape "
+                          f"{tuple(image_shape)}; use a data set of images, or backbone: mlp")
+    net = ExternalBackbone(EXTERNAL[library](name, pretrained))
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, *image_shape))
+    except (RuntimeError, AssertionError, ValueError) as error:  # each network says it in its own way
+        _, height, width = image_shape
+        raise ConfigError(f"backbone {library}:{name} cannot embed {height}x{width} images "
+                          f"({str(error).splitlines()[0]}); raise data.image_size") from None
+    return net.train()
+
+
+def build_backbone(name: str, image_shape: tuple[int, ...], pretrained: bool | str = False, **kwargs) -> nn.Module:
+    """The backbone ``name`` for inputs ``image_shape``: one of this module's (``kwargs``: its settings, e.g.
+    ``hidden``) or ``torchvision:<name>`` / ``timm:<name>`` (``pretrained``: their weights; ``kwargs`` unused)."""
+    library, _, network = name.partition(":")
+    if network and library in EXTERNAL:
+        return external_backbone(library, network, tuple(image_shape), pretrained)
     if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}, or torchvision:<name> or "
+                          f"timm:<name>")
+    if pretrained:
+        raise ConfigError(f"model.pretrained loads the published weights of a torchvision: or timm: backbone; "
+                          f"{name} has none (a checkpoint of this project: --ckpt_path)")
     return BACKBONES[name](tuple(image_shape), **kwargs)
 
 

@@ -92,8 +92,12 @@ class MetaCLI(LightningCLI):
         """Checks data and checkpoint first, so that bad input is one line before anything is written."""
         self.run_name = config_name(self.config)
         self.ckpt_path, version = resolve_ckpt_path(self.config.ckpt_path, self.config.log_root, self.run_name)
-        if self.ckpt_path is None and self.config.test_only:
-            raise ConfigError("--test_only needs a checkpoint: add --ckpt_path PATH (or --ckpt_path last)")
+        if self.ckpt_path is None and self.config.test_only and not self.model.hparams.get("pretrained"):
+            raise ConfigError("--test_only needs a checkpoint: add --ckpt_path PATH (or --ckpt_path last), or a "
+                              "backbone with published weights (model.pretrained)")
+        if not self.config.test_only and not any(p.requires_grad for p in self.model.parameters()):
+            raise ConfigError(f"{type(self.model).__name__} has nothing to train: every weight is frozen "
+                              f"(model.freeze_backbone); test it as it is with --test_only true")
         trainer = self.config_init["trainer"]
         self.model.validate_setup(self.datamodule, trainer.get("inference_mode", True), trainer.get("max_steps", -1))
         if rank_zero_only.rank == 0:

@@ -73,9 +73,10 @@ def stored_preprocessing(checkpoint: dict[str, Any], path: str | Path) -> dict[s
                       f"resume its run for a step with --ckpt_path to write a new one, or retrain")
 
 
-def load_model(path: str | Path) -> tuple[MetaLearner, dict[str, Any]]:
+def load_model(path: str | Path, inference: str | None = None) -> tuple[MetaLearner, dict[str, Any]]:
     """The model saved in checkpoint ``path``, in evaluation mode on the CPU, and its stored preprocessing; a
-    checkpoint that cannot classify images is one ConfigError."""
+    checkpoint that cannot classify images is one ConfigError. ``inference`` replaces the model's evaluation rule
+    (``model.inference`` of the embedding learners: ``none``, ``bd_cspn`` or ``tim``)."""
     checkpoint = load_checkpoint(path)
     name = algorithm_of(checkpoint)
     if name not in ALGORITHMS:
@@ -89,6 +90,13 @@ def load_model(path: str | Path) -> tuple[MetaLearner, dict[str, Any]]:
     if preprocessing.get("eval_transform") is not None:
         raise ConfigError(f"checkpoint {path} was evaluated with data.eval_transform {preprocessing['eval_transform']},"
                           f" which a checkpoint cannot store; classify its images through a data module instead")
+    if inference is not None:
+        if not getattr(ALGORITHMS[name], "transductive_inference", False):
+            raise ConfigError(f"--inference {inference}: checkpoint {path} is a {name} model, which does not classify "
+                              f"by embedding vectors; leave --inference out")
+        hparams["inference"] = inference
+    if hparams.get("pretrained"):
+        hparams["pretrained"] = False  # the checkpoint holds the weights: nothing to download or read again
     model = ALGORITHMS[name](**hparams)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), preprocessing
@@ -284,13 +292,15 @@ def main(args: Sequence[str] | None = None) -> int:
     parser.add_argument("--query", required=True, nargs="+", help="image files, or folders of them, to classify")
     parser.add_argument("--output", type=Path, help="also write the predictions to this new .csv or .json file")
     parser.add_argument("--picture", type=Path, help="also draw the task and its predictions to this new .png file")
+    parser.add_argument("--inference", choices=["none", "bd_cspn", "tim"],
+                        help="classify the queries together, transductively (embedding learners; default: as trained)")
     options = parser.parse_args(args)
     try:
         check_new_file(options.output, (".csv", ".json"), "--output")
         check_new_file(options.picture, (".png",), "--picture")
         support, labels = support_folder(Path(options.support))
         queries = query_files(options.query)
-        model, preprocessing = load_model(options.ckpt_path)
+        model, preprocessing = load_model(options.ckpt_path, options.inference)
         task = read_task(model, preprocessing, support, labels, queries)
     except ConfigError as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)

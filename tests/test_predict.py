@@ -38,6 +38,7 @@ from lightning_meta import (
 )
 from lightning_meta.data import LabelledBatch
 from lightning_meta.algorithms.mann import EpisodeSequence
+from lightning_meta.algorithms.transductive import bd_cspn
 from lightning_meta.episode import Episode
 from lightning_meta.predict import classify, main
 
@@ -75,6 +76,7 @@ def models() -> dict[str, torch.nn.Module]:
     n = len(GLYPHS)
     return {
         "protonet": ProtoNet(SHAPE, hidden=16),
+        "protonet_timm": ProtoNet(SHAPE, backbone="timm:test_resnet"),
         "matching_fce": MatchingNetwork(SHAPE, fce=True, hidden=16),
         "relation": RelationNetwork(SHAPE, hidden=16, fc_hidden=8),
         "siamese": Siamese(SHAPE, hidden=16),
@@ -207,6 +209,24 @@ def test_prediction_of_every_algorithm(name, task_files, drawings, tmp_path, cap
     assert api.predicted == predicted
 
 
+def test_prediction_with_transductive_inference(task_files, tmp_path):
+    """``--inference bd_cspn`` on a ProtoNet checkpoint: the queries' scores are BD-CSPN's on the model's
+    embeddings of the task read by hand."""
+    support, query, _ = task_files
+    episode, classes, queries = read_by_hand(support, query)
+    torch.manual_seed(0)
+    model = ProtoNet(SHAPE, hidden=16).eval()
+    ckpt = untrained(model, tmp_path / "protonet.ckpt")
+    assert main(["--ckpt_path", str(ckpt), "--support", str(support), "--query", str(query), "--inference", "bd_cspn",
+                 "--output", str(tmp_path / "out.json")]) == 0
+    result = json.loads((tmp_path / "out.json").read_text())
+    with torch.no_grad():
+        z_support, z_query = (z.flatten(2) for z in model.embed(episode))
+        expected = bd_cspn(z_support, episode.support_labels, z_query, len(classes)).softmax(-1)[0]
+    from_file = torch.tensor([[r[f"probability:{c}"] for c in classes] for r in result["queries"]])
+    torch.testing.assert_close(from_file, expected, atol=2e-6, rtol=0)
+
+
 def test_mann_reads_the_support_sequence_then_each_query_alone(task_files):
     """MANN's ``predict``: each query is classified at the step after the whole support set, shown as a labelled
     sequence in the order drawn from the task's key, as if it were the only query: the same as ``forward`` on
@@ -278,6 +298,8 @@ def bad_inputs(task_files, tmp_path_factory) -> dict[str, list[str]]:
                                                                     "--query", q],
         r"same number .*\[2, 1\]": ["--ckpt_path", str(relation), "--support", str(root / "unequal"), "--query", q],
         "regression model": ["--ckpt_path", str(sinusoid), "--support", s, "--query", q],
+        r"--inference tim: checkpoint .*relation\.ckpt is a relation model": ["--ckpt_path", str(relation), "--support",
+                                                                          s, "--query", q, "--inference", "tim"],
         "no preprocessing record": ["--ckpt_path", str(no_record), "--support", s, "--query", q],
         r"checkpoint .*missing\.ckpt does not exist": ["--ckpt_path", str(root / "missing.ckpt"), "--support", s,
                                                       "--query", q],

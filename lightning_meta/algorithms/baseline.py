@@ -87,7 +87,7 @@ class Baseline(PretrainedLearner):
         return weight.detach(), bias.detach()
 
     def predict(self, episode: Episode) -> Tensor:
-        z_support, z_query = self.frozen_features(episode)  # [T, NK, D], [T, NQ, D]
+        z_support, z_query = self.features(episode)  # f_θ frozen: [T, NK, D], [T, NQ, D]
         with autocast_off(z_query.device.type):  # the episode's classifier is fitted and applied in float32
             weight, bias = self.fit_head(z_support.float(), episode.support_labels, episode)
             return self.head_scores(z_query.float(), weight, bias)  # [T, NQ, N]

@@ -92,11 +92,20 @@ class MatchingNetwork(MetricLearner):
         self.fce = FullContextEmbeddings(self.z_shape[0], processing_steps) if fce else None
         self.scale = attention_scale(scale, learn_scale)
 
-    def predict(self, episode: Episode) -> Tensor:
+    def context_embeddings(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """g(x_i, S) [T, NK, D] and f(x̂, S) [T, NQ, D]: f_θ's embeddings, through FCE if ``fce``."""
         g, f = self.embed(episode)  # g'(x_i) [T, NK, D], f'(x̂) [T, NQ, D]
         if self.fce is not None:
             g = self.fce.g(g)
             f = self.fce.f(f, g)
+        return g, f
+
+    def features(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        g, f = self.context_embeddings(episode)
+        return g.detach(), f.detach()
+
+    def predict(self, episode: Episode) -> Tensor:
+        g, f = self.context_embeddings(episode)
         cosine = F.cosine_similarity(f[:, :, None], g[:, None], dim=-1)  # cos(f(x̂), g(x_i)), [T, NQ, NK]
         log_a = (self.scale * cosine).log_softmax(dim=-1)  # log a(x̂, x_i)
         return logsumexp_by_class(log_a, episode.support_labels, episode.n_way)  # log ŷ_n = log Σ_{y_i = n} a

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -100,8 +99,3 @@ class PretrainedLearner(MetricLearner):
         if isinstance(episode, LabelledBatch):  # training: accuracy over the training classes
             return {self.metric_name: episode_accuracy(outputs, episode.labels[None])}
         return super().episode_scores(episode, outputs)
-
-    def frozen_features(self, episode: Any) -> tuple[Tensor, Tensor]:
-        """f_θ's support and query features [T, NK, D] and [T, NQ, D], outside any graph: the backbone is frozen."""
-        z_support, z_query = self.embed(episode)
-        return z_support.flatten(2).detach(), z_query.flatten(2).detach()

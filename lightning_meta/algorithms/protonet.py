@@ -9,7 +9,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from lightning_meta.algorithms.base import register
-from lightning_meta.algorithms.metric import MetricLearner, class_means
+from lightning_meta.algorithms.metric import MetricLearner
+from lightning_meta.algorithms.prototypes import class_means
 from lightning_meta.episode import Episode
 
 

@@ -69,6 +69,7 @@ class RelationNetwork(MetricLearner):
     """
 
     name = "relation"
+    transductive_inference = False  # a learned module compares the examples, not their embeddings
 
     def __init__(self, image_shape: tuple[int, ...], backbone: str = "conv4_maps", hidden: int = 64,
                  fc_hidden: int = 8, **kwargs: Any) -> None:

@@ -58,6 +58,7 @@ class Siamese(MetricLearner):
     paper's network on 105x105 images, ``conv4`` the small one on 28x28."""
 
     name = "siamese"
+    transductive_inference = False  # a learned module compares the examples, not their embeddings
 
     def __init__(self, image_shape: tuple[int, ...], backbone: str = "conv4", hidden: int = 64, **kwargs: Any) -> None:
         super().__init__(image_shape, backbone=backbone, hidden=hidden, **kwargs)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_meta.algorithms.base import register
-from lightning_meta.algorithms.metric import class_means
+from lightning_meta.algorithms.prototypes import class_means
 from lightning_meta.algorithms.pretrained import PretrainedLearner
 from lightning_meta.episode import Episode
 from lightning_meta.errors import ConfigError
@@ -73,8 +73,12 @@ class SimpleShot(PretrainedLearner):
             z = z - self.train_mean
         return z if self.hparams.features == "UN" else F.normalize(z, dim=-1)
 
+    def features(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """The transformed features of support and query, [T, NK, D] and [T, NQ, D] (f_θ frozen)."""
+        z_support, z_query = super().features(episode)
+        return self.transform(z_support.float()), self.transform(z_query.float())
+
     def predict(self, episode: Episode) -> Tensor:
-        z_support, z_query = self.frozen_features(episode)  # [T, NK, D], [T, NQ, D]
-        z_support, z_query = self.transform(z_support.float()), self.transform(z_query.float())
+        z_support, z_query = self.features(episode)  # [T, NK, D], [T, NQ, D]
         centroids = class_means(z_support, episode.support_labels, episode.n_way)  # [T, N, D]
         return -torch.cdist(z_query, centroids)  # minus the Euclidean distance, [T, NQ, N]

@@ -637,10 +637,31 @@ def render(records: list[dict]) -> str:
                 lines.append(f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot | {path} | {unit} | "
                              f"{value:.2f} | {r['hardware']} | {r['date']} |")
         lines += commands(throughput)
+    lines += feature_cache_section([r for r in live if r["kind"] == "feature_cache"])
     lines += tuning_section([r for r in live if r["kind"] == "tuning"])
     lines += gpu_check_section([r for r in live if r["kind"] == "gpu_check"])
     lines += superseded_section(records)
     return "\n".join(lines)
+
+
+def feature_cache_section(rows: list[dict]) -> list[str]:
+    """benchmarks/feature_cache.py: the test of a frozen backbone with and without ``model.cache_features``."""
+    if not rows:
+        return []
+    lines = ["## Feature cache", "",
+             "Seconds of the test loop (first batch to end) of ProtoNet with a frozen backbone, through train.py",
+             "`--test_only`, with f_θ run on every episode's images and with the feature cache (each distinct image",
+             "embedded once per test), alternating in one process; the accuracy of both on the same episodes.", "",
+             "| backbone | dataset / split | episodes | test episodes | f_θ on every episode (s) | feature cache (s) "
+             "| speed-up | test acc without / with | commit | hardware | date |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        (plain, plain_ci), (cached, cached_ci) = r["accuracy"]["f_θ on every episode"], r["accuracy"]["feature cache"]
+        lines.append(f"| {r['backbone']} | {r['dataset']} / {r['split']} | {r['ways']}-way {r['shots']}-shot, "
+                     f"{r['queries']} queries | {r['test_episodes']} | {r['seconds']['f_θ on every episode']:.1f} | "
+                     f"{r['seconds']['feature cache']:.1f} | **{r['speed_up']:.2f}x** | {plain:.2f} ± {plain_ci:.2f} / "
+                     f"{cached:.2f} ± {cached_ci:.2f} | {short_commit(r['commit'])} | {r['hardware']} | {r['date']} |")
+    return lines + commands(rows)
 
 
 def short_commit(commit: str) -> str:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 RATES: list[float] = []  # training steps per second of each timed fit, in order
+TEST_SECONDS: list[float] = []  # seconds of each timed test (TestTimer), in order
 
 
 class StepTimer(pl.Callback):
@@ -117,6 +118,7 @@ class TestTimer(pl.Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             seconds = time.perf_counter() - self.start
+            TEST_SECONDS.append(seconds)
             print(f"timed: {self.episodes * trainer.world_size / seconds:.6f} test episodes per second", flush=True)
             print(f"timed: {seconds / 60:.6f} test minutes", flush=True)
 

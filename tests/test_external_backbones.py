@@ -3,12 +3,13 @@ and the feature cache of evaluation. No download: the published-weights path is 
 where the library's cache would keep them."""
 
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
 from test_cli import TINY, ok, train
 
-from lightning_meta import ConfigError, MatchingNetwork, ProtoNet
+from lightning_meta import ConfigError, MatchingNetwork, ProtoNet, SyntheticDataModule
 from lightning_meta.algorithms import ALGORITHMS
 from lightning_meta.algorithms.metric import FeatureCache
 from lightning_meta.episode import Episode
@@ -102,10 +103,32 @@ def test_the_feature_cache_embeds_each_distinct_image_once_and_changes_nothing()
         assert seen == [6, 6, 6]
         seen.clear()
         model.hparams.cache_features = True
+        model.trainer = SimpleNamespace(datamodule=None)  # no store to fill ahead: embedded as the episodes come
         model.on_test_epoch_start()
         assert isinstance(model.feature_cache, FeatureCache)
         cached = [model.predict(e) for e in episodes]
     assert sum(seen) == 6  # each of the six images once
+    for a, b in zip(cached, plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_the_feature_cache_filled_ahead_serves_every_test_episode_without_running_f_theta():
+    """20 test episodes of 3 x (1 + 2) images draw 180 times from 18 test images: the cache embeds the 18 at the start
+    of the test, in one batch, and the episodes' scores equal f_θ run on every episode."""
+    data = SyntheticDataModule(classes=(5, 3, 3), items_per_class=6, n_way=3, k_shot=1, n_query=2, test_episodes=20)
+    data.setup("test")
+    torch.manual_seed(7)
+    model = ProtoNet((1, 28, 28), cache_features=True).eval()
+    model.trainer = SimpleNamespace(datamodule=data)
+    episodes = [data.on_after_batch_transfer(batch, 0) for batch in data.test_dataloader()]
+    with torch.no_grad():
+        plain = [model.predict(e) for e in episodes]
+        seen = []
+        model.f_theta.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+        model.on_test_epoch_start()
+        assert seen == [18]
+        cached = [model.predict(e) for e in episodes]
+    assert seen == [18]
     for a, b in zip(cached, plain):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 

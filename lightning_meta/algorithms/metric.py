@@ -17,6 +17,7 @@ per episode it appears in.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -43,7 +44,10 @@ class FeatureCache:
     every episode that draws it, and f_θ need run once per image rather than once per appearance (1,000 test
     episodes of 80 images draw each of CIFAR-FS's 12,000 test images about 7 times). A speed-up; the reference is
     f_θ on every episode's images (``cache_features: false``): the features agree up to float rounding, an image
-    being embedded in a batch of other images."""
+    being embedded in a batch of other images.
+
+    Embedded as the episodes come, new images arrive a few at a time once most have been seen, and a large network
+    runs slowly on small batches; ``fill`` embeds a whole store ahead, in large batches."""
 
     def __init__(self, net: nn.Module) -> None:
         self.net = net
@@ -56,6 +60,11 @@ class FeatureCache:
         if new:
             self.features.update(zip(new, self.net(x[list(new.values())])))
         return torch.stack([self.features[key] for key in keys])
+
+    def fill(self, inputs: Iterable[Tensor]) -> None:
+        """Embeds every batch of ``inputs`` (model inputs [B, *x]) ahead of the episodes that will draw them."""
+        for x in inputs:
+            self(x)
 
 
 class MetricLearner(MetaLearner, EmbeddingPictures):
@@ -110,10 +119,27 @@ class MetricLearner(MetaLearner, EmbeddingPictures):
         return self
 
     def on_validation_epoch_start(self) -> None:
-        self.feature_cache = FeatureCache(self.f_theta) if self.hparams.cache_features else None
+        self.start_feature_cache("val")
 
     def on_test_epoch_start(self) -> None:
+        self.start_feature_cache("test")
+
+    @torch.no_grad()
+    def start_feature_cache(self, subset: str) -> None:
+        """With ``cache_features``, a new cache for this validation or test, filled ahead with the subset's whole
+        class store where its episodes will draw more images than the store holds (and no transform changes
+        them); else the images are embedded as the episodes bring them."""
         self.feature_cache = FeatureCache(self.f_theta) if self.hparams.cache_features else None
+        data = self.trainer.datamodule
+        if self.feature_cache is None or data is None or data.transforms.get(subset) is not None:
+            return
+        n, k, q = data.shapes[subset]
+        try:
+            images = len(data.store(subset).real_items())
+        except NotImplementedError:  # a data module without a class store
+            return
+        if data.num_episodes[subset] * n * (k + q) >= images:
+            self.feature_cache.fill(data.store_inputs(subset, self.device))
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()

@@ -58,14 +58,12 @@ class SimpleShot(PretrainedLearner):
         """x̄ = the mean of f_θ(x) over the training images x of the data module (CL2N only)."""
         if self.hparams.features != "CL2N":
             return
-        data = self.trainer.datamodule
-        store = data.store("train")
-        real = store.real_items()  # [I, 2] (class, item)
         total = torch.zeros(self.feature_dim, dtype=torch.float64, device=self.train_mean.device)
-        for chunk in real.split(MEAN_CHUNK):
-            images = data.to_float(store.images[chunk[:, 0], chunk[:, 1]].to(self.train_mean.device))
+        count = 0
+        for images in self.trainer.datamodule.store_inputs("train", self.train_mean.device, MEAN_CHUNK):
             total += self.f_theta(images).flatten(1).double().sum(0)
-        self.train_mean.copy_(total / len(real))
+            count += len(images)
+        self.train_mean.copy_(total / count)
 
     def transform(self, z: Tensor) -> Tensor:
         """UN, L2N or CL2N of features z [..., D]."""

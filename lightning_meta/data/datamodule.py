@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,6 +116,13 @@ class EpisodicDataModule(pl.LightningDataModule, ABC):
         if subset not in self.subset_stores:
             self.subset_stores[subset] = self.build_store(subset)
         return self.subset_stores[subset]
+
+    def store_inputs(self, subset: str, device: torch.device, chunk: int = 512) -> Iterator[Tensor]:
+        """Every real image of ``subset``'s class store as a model input on ``device`` (floats, normalised as an
+        episode's, without transforms), ``chunk`` images at a time, class by class."""
+        store = self.store(subset)
+        for items in store.real_items().split(chunk):
+            yield self.to_float(store.images[items[:, 0], items[:, 1]].to(device))
 
     def training_classes(self) -> int:
         """The number of training classes (the pretraining family's classifier has one output per class)."""

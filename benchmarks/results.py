@@ -450,6 +450,25 @@ def record(*entries: dict) -> None:
     write_pages(records)
 
 
+def merge(path: Path) -> list[dict]:
+    """Appends, as they were written, the records of another results file that this one lacks: records made where
+    they could not be written here (on a GPU machine, or by the scripts of a commit whose ``check`` predates the
+    current schema). Each keeps its digest, so it is checked as written; one that supersedes a record of its own file
+    is refused (its numbers count that file's records, not these). Returns the records added."""
+    records, theirs = load(), json.loads(path.read_text())
+    have = {r.get("digest") for r in records}
+    new = [r for r in theirs if "schema" in r and r.get("digest") not in have]
+    for r in new:
+        if r.get("supersedes"):
+            raise RecordError(f"{path}: the {r['kind']} record of {r['algorithm']} supersedes records of that file; "
+                              "rerun it here with --rerun instead of merging it")
+    records += new
+    check(records)
+    JSON.write_text(json.dumps(records, indent=1) + "\n")
+    write_pages(records)
+    return new
+
+
 def write_pages(records: list[dict]) -> None:
     """RESULTS.md and the README's copy of the Omniglot table, from the records."""
     MARKDOWN.write_text(render(records))
@@ -977,6 +996,12 @@ def commands(records: list[dict]) -> list[str]:
 
 
 if __name__ == "__main__":  # python benchmarks/results.py: checks the records and writes RESULTS.md from them again
+    parser = argparse.ArgumentParser(description="Checks the records and writes RESULTS.md from them again.")
+    parser.add_argument("--merge", type=Path, metavar="RESULTS_JSON",
+                        help="first append the records of this file that results.json lacks (see merge)")
+    args = parser.parse_args()
+    if args.merge:
+        print(f"{len(merge(args.merge))} records added from {args.merge}")
     every = load()
     check(every)
     write_pages(every)

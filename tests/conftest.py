@@ -3,9 +3,16 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LIGHTNING_META_DATA", ROOT.parent / "shared" / "data"))
+
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # pytest -n N: N processes run the tests
+if WORKERS > 1:  # the cores shared among them, and among the train.py processes their tests start
+    THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")

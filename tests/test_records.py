@@ -165,6 +165,34 @@ def test_a_duplicate_that_supersedes_nothing_is_refused(files):
     assert (files / "results.json").read_text() == before
 
 
+def test_merging_appends_the_records_written_elsewhere_as_they_were_written(files, tmp_path):
+    """results.py --merge: the records of another file (a GPU machine's, an older commit's) that this one lacks are
+    appended unchanged; one edited on the way, one that duplicates a current record, or one that supersedes records
+    of its own file is refused, and nothing is written then."""
+    results.record(accuracy_record())
+    here = results.load()
+    elsewhere = [*here, results.stamped(accuracy_record(train_seed=1, acc=97.4), here),
+                 results.stamped(accuracy_record(train_seed=2, acc=97.9), here)]
+    other = tmp_path / "elsewhere.json"
+    other.write_text(json.dumps(elsewhere))
+    assert results.merge(other) == elsewhere[1:]
+    assert results.load() == elsewhere and "**97.90 ± 0.20**" in (files / "RESULTS.md").read_text()
+    assert results.merge(other) == [] and results.load() == elsewhere  # merged once
+    before = (files / "results.json").read_text()
+    edited = results.stamped(accuracy_record(train_seed=3), [])
+    edited["acc"] = 99.9  # after its digest was taken
+    duplicate = results.stamped(accuracy_record(acc=90.0), [])  # measures what the first record measured
+    superseding = results.stamped(accuracy_record(train_seed=4), [])
+    superseding["supersedes"] = [1]
+    superseding["digest"] = results.digest(superseding)
+    for bad, message in ((edited, "edited after it was written"), (duplicate, "measures what record 1 measured"),
+                         (superseding, "supersedes records of that file")):
+        other.write_text(json.dumps([bad]))
+        with pytest.raises(RecordError, match=message):
+            results.merge(other)
+        assert (files / "results.json").read_text() == before
+
+
 def test_a_record_may_supersede_only_earlier_records():
     entry = results.stamped(accuracy_record(), [])
     entry["supersedes"] = [1]

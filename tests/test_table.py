@@ -27,7 +27,7 @@ def run(script: str, *args: str, folder) -> subprocess.CompletedProcess:
 def test_the_table_is_trained_tested_recorded_and_resumed(tmp_path):
     table = ["table.py", "--algorithms", "protonet", "mann", "--minutes", "0.1", "--test_episodes", "10",
              "--warmup", "1", "--data", "SyntheticDataModule", "--log_root", str(tmp_path / "logs"),
-             "--model.lr", "0.0005"]
+             "--model.lr", "0.0005", "--data.val_episodes", "10"]
     run(*table, folder=tmp_path)
     records = json.loads((tmp_path / "results.json").read_text())
     results.check(records)
@@ -43,7 +43,7 @@ def test_the_table_is_trained_tested_recorded_and_resumed(tmp_path):
                                     "tasks": data.get("tasks_per_batch", 1)}
         assert r["batch_norm"] == config["model"].get("init_args", {}).get("batch_norm", "none" if r["algorithm"]
                                                                            == "mann" else "running")
-        assert r["settings"] == ["--data", "SyntheticDataModule", "--model.lr", "0.0005"]
+        assert r["settings"] == ["--data", "SyntheticDataModule", "--model.lr", "0.0005", "--data.val_episodes", "10"]
         assert 0 < r["steps"] < config["trainer"]["max_steps"]  # stopped by the budget, not by max_steps
         assert all(r["minutes"][k] > 0 for k in ("train", "validation", "test"))
         assert "--trainer.callbacks.budget 0.1" in r["train_command"] and "max_time" not in r["train_command"]
@@ -95,7 +95,8 @@ def test_the_readme_shows_the_table_of_one_commit_once_it_covers_every_config(tm
 
 def test_headline_trains_the_seeds_a_target_needs_and_tests_each_on_fresh_episodes(tmp_path):
     headline = ["headline.py", "--algorithms", "protonet", "--minutes", "0.05", "--test_episodes", "10",
-                "--data", "SyntheticDataModule", "--data.noise", "2.0", "--log_root", str(tmp_path / "logs")]
+                "--data", "SyntheticDataModule", "--data.noise", "2.0", "--data.val_episodes", "10",
+                "--log_root", str(tmp_path / "logs")]
     # noise 2.0: far from 100% after seconds of training, so two sets of test episodes give two figures
     run(*headline, folder=tmp_path)
     records = json.loads((tmp_path / "results.json").read_text())

@@ -761,7 +761,8 @@ def trained_on(r: dict) -> str:
     """The episode shape a record's model was trained on."""
     shape = r["train_shape"]
     tasks = f", {shape['tasks']} tasks per step" if shape.get("tasks", 1) > 1 else ""
-    return f"{shape['ways']}-way {shape['shots']}-shot, {shape['queries']} queries{tasks}"
+    queries = f"{shape['queries']} {'query' if shape['queries'] == 1 else 'queries'}"
+    return f"{shape['ways']}-way {shape['shots']}-shot, {queries}{tasks}"
 
 
 def protocol_table_section(rows: list[dict]) -> list[str]:

@@ -17,7 +17,8 @@ from results import README_TABLE, TABLE_PLAN  # noqa: E402
 
 
 def run(script: str, *args: str, folder) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LIGHTNING_META_RESULTS": str(folder)}
+    paths = [str(ROOT / "tests" / "steady_probe"), os.environ.get("PYTHONPATH")]  # a probe of steady speed
+    env = {**os.environ, "LIGHTNING_META_RESULTS": str(folder), "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     command = [sys.executable, str(ROOT / "benchmarks" / script), *args]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -31,6 +32,7 @@ def test_the_table_is_trained_tested_recorded_and_resumed(tmp_path):
     run(*table, folder=tmp_path)
     records = json.loads((tmp_path / "results.json").read_text())
     results.check(records)
+    assert {r["machine"]["probe_ms"] for r in records} == {100.0}  # tests/steady_probe
     assert [r["config"] for r in records] == ["proto.yaml", "proto_5shot.yaml", "mann.yaml"]
     by_config = {r["config"]: r for r in records}
     assert sorted(by_config["proto.yaml"]["cells"]) == ["20w1s", "5w1s"]

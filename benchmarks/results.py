@@ -445,6 +445,11 @@ def record(*entries: dict) -> None:
     records = load()
     for entry in entries:
         records.append(stamped(entry, records))
+    save(records)
+
+
+def save(records: list[dict]) -> None:
+    """Writes ``records`` to results.json, and RESULTS.md and the README's table from them, once they pass ``check``."""
     check(records)
     JSON.write_text(json.dumps(records, indent=1) + "\n")
     write_pages(records)
@@ -462,10 +467,7 @@ def merge(path: Path) -> list[dict]:
         if r.get("supersedes"):
             raise RecordError(f"{path}: the {r['kind']} record of {r['algorithm']} supersedes records of that file; "
                               "rerun it here with --rerun instead of merging it")
-    records += new
-    check(records)
-    JSON.write_text(json.dumps(records, indent=1) + "\n")
-    write_pages(records)
+    save([*records, *new])
     return new
 
 

@@ -38,18 +38,27 @@ README = Path(OTHER, "README.md") if OTHER else ROOT / "README.md"  # its result
 README_TABLE = ("<!-- the Omniglot table: written by benchmarks/results.py from results.json -->",
                 "<!-- end of the Omniglot table -->")
 TABLE_SHAPES = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}  # the Omniglot table's columns
-TABLE_PLAN = {  # algorithm: the configs benchmarks/table.py trains, and the shapes each trained model is tested on
-    "protonet": [("proto.yaml", ["5w1s", "20w1s"]), ("proto_5shot.yaml", ["5w5s", "20w5s"])],
-    "matching": [("matching.yaml", ["5w1s", "20w1s"]), ("matching_5shot.yaml", ["5w5s", "20w5s"])],
-    "relation": [("relation.yaml", ["5w1s", "20w1s"]), ("relation_5shot.yaml", ["5w5s", "20w5s"])],
-    "siamese": [("siamese.yaml", ["5w1s", "5w5s", "20w1s", "20w5s"])],
-    "maml": [("maml.yaml", ["5w1s", "5w5s"]), ("maml_20way.yaml", ["20w1s", "20w5s"])],
-    "fomaml": [("fomaml.yaml", ["5w1s", "5w5s"]), ("fomaml_20way.yaml", ["20w1s", "20w5s"])],
-    "reptile": [("reptile.yaml", ["5w1s", "5w5s"]), ("reptile_20way.yaml", ["20w1s", "20w5s"])],
-    "mann": [("mann.yaml", ["5w1s", "5w5s"])],  # 5 output units: 5-way only
-    "metanet": [("metanet.yaml", ["5w1s"]), ("metanet_20way.yaml", ["20w1s"])],
-    "meta_lstm": [("meta_lstm.yaml", ["5w1s"]), ("meta_lstm_5shot.yaml", ["5w5s"])],
+TABLE_PARTS = {  # the Omniglot table's parts: per algorithm, the configs benchmarks/table.py trains and the shapes
+    # each trained model is tested on; a part is complete once one commit on one machine covers its configs
+    "meta-learners": {
+        "protonet": [("proto.yaml", ["5w1s", "20w1s"]), ("proto_5shot.yaml", ["5w5s", "20w5s"])],
+        "matching": [("matching.yaml", ["5w1s", "20w1s"]), ("matching_5shot.yaml", ["5w5s", "20w5s"])],
+        "relation": [("relation.yaml", ["5w1s", "20w1s"]), ("relation_5shot.yaml", ["5w5s", "20w5s"])],
+        "siamese": [("siamese.yaml", ["5w1s", "5w5s", "20w1s", "20w5s"])],
+        "maml": [("maml.yaml", ["5w1s", "5w5s"]), ("maml_20way.yaml", ["20w1s", "20w5s"])],
+        "fomaml": [("fomaml.yaml", ["5w1s", "5w5s"]), ("fomaml_20way.yaml", ["20w1s", "20w5s"])],
+        "reptile": [("reptile.yaml", ["5w1s", "5w5s"]), ("reptile_20way.yaml", ["20w1s", "20w5s"])],
+        "mann": [("mann.yaml", ["5w1s", "5w5s"])],  # 5 output units: 5-way only
+        "metanet": [("metanet.yaml", ["5w1s"]), ("metanet_20way.yaml", ["20w1s"])],
+        "meta_lstm": [("meta_lstm.yaml", ["5w1s"]), ("meta_lstm_5shot.yaml", ["5w5s"])],
+    },
+    "pretrain-and-evaluate baselines": {  # pretrained on labelled batches once, then tested on every shape
+        "baseline": [("baseline.yaml", ["5w1s", "5w5s", "20w1s", "20w5s"])],
+        "baseline_pp": [("baseline_pp.yaml", ["5w1s", "5w5s", "20w1s", "20w5s"])],
+        "simpleshot": [("simpleshot.yaml", ["5w1s", "5w5s", "20w1s", "20w5s"])],
+    },
 }
+TABLE_PLAN = {algorithm: plan for part in TABLE_PARTS.values() for algorithm, plan in part.items()}
 CPU_SETTINGS = {  # train.py settings the benchmarks add to a config on the CPU (the configs' headers say why)
     "meta_lstm.yaml": ["--trainer.precision", "bf16-mixed"],
     "meta_lstm_5shot.yaml": ["--trainer.precision", "bf16-mixed"],
@@ -767,9 +776,15 @@ def trained_on(r: dict) -> str:
     return f"{shape['ways']}-way {shape['shots']}-shot, {queries}{tasks}"
 
 
+def part_configs(part: str) -> list[str]:
+    """The configs of one part of ``TABLE_PARTS``, in its order."""
+    return [config for plan in TABLE_PARTS[part].values() for config, _ in plan]
+
+
 def protocol_table_section(rows: list[dict]) -> list[str]:
     """The Omniglot table of ``benchmarks/table.py`` under the results protocol: one table per commit and machine,
-    one row per trained config, in the order of ``TABLE_PLAN``; the configs still to be measured are named."""
+    one row per trained config, in the order of ``TABLE_PLAN``; the configs still to be measured in the parts of
+    ``TABLE_PARTS`` a table has rows of are named."""
     if not rows:
         return []
     order = [config for plan in TABLE_PLAN.values() for config, _ in plan]
@@ -798,7 +813,9 @@ def protocol_table_section(rows: list[dict]) -> list[str]:
             lines.append(f"| {r['algorithm']} | {r['config']} | {trained_on(r)} | {r['batch_norm']} | "
                          f"{r['precision']} | " + " | ".join(cells) + f" | {r['steps']} | {minutes['train']:.1f} + "
                          f"{minutes['validation']:.1f} | {minutes['test']:.1f} | {r['budget']} | {r['date']} |")
-        missing = [config for config in order if config not in {r["config"] for r in group}]
+        measured = {r["config"] for r in group}
+        begun = [part for part in TABLE_PARTS if measured & set(part_configs(part))]
+        missing = [config for part in begun for config in part_configs(part) if config not in measured]
         if missing:
             lines += ["", f"Not yet measured at this commit on this machine: {', '.join(missing)}."]
         lines += ["", "Commands:", ""]
@@ -939,40 +956,53 @@ def superseded_section(records: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def complete_table(records: list[dict]) -> list[dict] | None:
-    """The current protocol table records of one commit and machine that cover every config of ``TABLE_PLAN``, or
-    None while no such table is complete."""
-    order = [config for plan in TABLE_PLAN.values() for config, _ in plan]
+def complete_table(records: list[dict], part: str) -> list[dict] | None:
+    """The current protocol table records of one commit and machine that cover every config of ``part`` (of
+    ``TABLE_PARTS``), the latest such, in the part's order; or None while no such table is complete."""
+    order = part_configs(part)
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in current(records):
-        if r["kind"] == "table" and "schema" in r:
+        if r["kind"] == "table" and "schema" in r and r["config"] in order:
             groups.setdefault((r["commit"], r["hardware"]), []).append(r)
     complete = [g for g in groups.values() if set(order) <= {r["config"] for r in g}]
-    return sorted(complete[-1], key=lambda r: order.index(r["config"]) if r["config"] in order else len(order)) \
-        if complete else None
+    return sorted(complete[-1], key=lambda r: order.index(r["config"])) if complete else None
+
+
+def readme_part(part: str, rows: list[dict]) -> list[str]:
+    """One complete part of the Omniglot table for the README: the cells and where they were measured."""
+    lines = ["| algorithm | config | " + " | ".join(TABLE_SHAPES) + " | trained on | batch norm | budget |",
+             "| --- " * (len(TABLE_SHAPES) + 5) + "|"]
+    for r in rows:
+        cells = [table_cell(r, shape) if shape in r["cells"] else "–" for shape in TABLE_SHAPES]
+        lines.append(f"| {r['algorithm']} | {r['config']} | " + " | ".join(cells) + f" | {trained_on(r)} | "
+                     f"{r['batch_norm']} | {r['budget']} |")
+    return [*lines, "", f"{part.capitalize()}: Omniglot vinyals split, {rows[0]['test_episodes']} test episodes per "
+            f"cell, mean ± 95% CI (%); commit {short_commit(rows[0]['commit'])}, {rows[0]['hardware']}; "
+            f"`{rows[0]['command']}`. The papers' numbers, steps and minutes: RESULTS.md.", ""]
 
 
 def with_readme_table(readme: str, records: list[dict]) -> str:
-    """``readme`` with the block between the ``README_TABLE`` markers replaced by the Omniglot table: the table of the
-    results protocol once one commit and machine cover every config, else the table made before it; the cells and
-    the command that reproduces each row (RESULTS.md has the rest: steps, minutes, the train.py commands)."""
+    """``readme`` with the block between the ``README_TABLE`` markers replaced by the Omniglot table: per part of
+    ``TABLE_PARTS``, the table of the results protocol once one commit and machine cover its configs; while the
+    meta-learners' part is not complete, the table made before the protocol in its place. The cells and the command
+    that reproduces each row (RESULTS.md has the rest: steps, minutes, the train.py commands)."""
     begin, end = README_TABLE
     if readme.count(begin) != 1 or readme.count(end) != 1:
         raise SystemExit(f"{README} needs one line {begin!r} and one {end!r} around its Omniglot table")
     head, rest = readme.split(begin)
     tail = rest.split(end)[1]
-    protocol = complete_table(records)
-    if protocol:
-        lines = ["| algorithm | config | " + " | ".join(TABLE_SHAPES) + " | trained on | batch norm | budget |",
-                 "| --- " * (len(TABLE_SHAPES) + 5) + "|"]
-        for r in protocol:
-            cells = [table_cell(r, shape) if shape in r["cells"] else "–" for shape in TABLE_SHAPES]
-            lines.append(f"| {r['algorithm']} | {r['config']} | " + " | ".join(cells) + f" | {trained_on(r)} | "
-                         f"{r['batch_norm']} | {r['budget']} |")
-        lines += ["", f"Omniglot vinyals split, {protocol[0]['test_episodes']} test episodes per cell, mean ± 95% CI "
-                  f"(%); commit {short_commit(protocol[0]['commit'])}, {protocol[0]['hardware']}; "
-                  f"`{protocol[0]['command']}`. The papers' numbers, steps and minutes: RESULTS.md."]
-        return "\n".join([head + begin, "", *lines, "", end]) + tail
+    lines = []
+    for part in TABLE_PARTS:
+        rows = complete_table(records, part)
+        if rows:
+            lines += readme_part(part, rows)
+        elif part == "meta-learners":
+            lines += legacy_table(records)
+    return "\n".join([head + begin, "", *lines, end]) + tail
+
+
+def legacy_table(records: list[dict]) -> list[str]:
+    """The Omniglot table made before the results protocol, for the README."""
     table = [r for r in current(records) if r["kind"] == "table" and "schema" not in r]
     lines = table_header("budget", "CPU", "reproduce")
     for r in table:
@@ -984,8 +1014,8 @@ def with_readme_table(readme: str, records: list[dict]) -> str:
     lines += ["", f"Omniglot vinyals split, {table[0]['test_episodes'] if table else 0} test episodes per cell, mean ± "
               f"95% CI (%); {'; '.join(setups) or '–'}; {', '.join(dates) or '–'}. Made before the results protocol "
               f"(no commit; {len(by_machine(table))} machines, by row above). The papers' numbers, training steps and "
-              "minutes: RESULTS.md."]
-    return "\n".join([head + begin, "", *lines, "", end]) + tail
+              "minutes: RESULTS.md.", ""]
+    return lines
 
 
 def commands(records: list[dict]) -> list[str]:

@@ -13,7 +13,7 @@ from test_cli import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import results  # noqa: E402
-from results import README_TABLE, TABLE_PLAN  # noqa: E402
+from results import README_TABLE, TABLE_PARTS  # noqa: E402
 
 
 def run(script: str, *args: str, folder) -> subprocess.CompletedProcess:
@@ -57,7 +57,9 @@ def test_the_table_is_trained_tested_recorded_and_resumed(tmp_path):
     assert re.search(rf"\| protonet \| proto\.yaml \| 60-way 1-shot, 5 queries \| running \| 32-true \| {cell} "
                      rf"\(98\.8\) \| – \| {cell} \(96\.0\) \| – \|", markdown)
     assert f"Commit {records[0]['commit'][:12]}" in markdown
-    assert "Not yet measured at this commit on this machine: matching.yaml" in markdown
+    missing = next(line for line in markdown.splitlines() if line.startswith("Not yet measured at this commit"))
+    assert missing.startswith("Not yet measured at this commit on this machine: matching.yaml")
+    assert "meta_lstm_5shot.yaml" in missing and "baseline" not in missing  # only the part begun here
 
     again = run(*table, folder=tmp_path)  # resumed: everything is recorded at this commit on this machine
     assert again.stdout.count("recorded at this commit on this machine, skipped") == 3
@@ -67,32 +69,47 @@ def test_the_table_is_trained_tested_recorded_and_resumed(tmp_path):
     assert len(records) == 4 and records[3]["config"] == "mann.yaml" and records[3]["supersedes"] == [3]
 
 
-def test_the_readme_shows_the_table_of_one_commit_once_it_covers_every_config(tmp_path, monkeypatch):
-    """Until one commit and machine cover every config of the plan, the README keeps the table made before the
-    protocol; then it shows that commit's table."""
+def test_the_readme_shows_each_part_of_the_table_once_one_commit_covers_its_configs(tmp_path, monkeypatch):
+    """Until one commit and machine cover every config of the meta-learners' part, the README keeps the table made
+    before the protocol; then it shows that commit's table. The baselines' part follows, from its own commit, once
+    one commit and machine cover its configs."""
     for name, file in (("JSON", "results.json"), ("MARKDOWN", "RESULTS.md"), ("README", "README.md")):
         monkeypatch.setattr(results, name, tmp_path / file)
     begin, end = README_TABLE
     (tmp_path / "README.md").write_text(f"# Intro\n\n{begin}\n| stale | row |\n{end}\n\n## After\n")
     machine = {"cpu": "Test CPU", "isa": "AVX2", "threads": 2, "accelerator": "CPU only", "torch": "2", "python": "3",
                "probe_ms": 40.0}
-    configs = [(algorithm, config, shapes) for algorithm, plan in TABLE_PLAN.items() for config, shapes in plan]
-    for n, (algorithm, config, shapes) in enumerate(configs):
+    def record(algorithm: str, config: str, shapes: list[str], commit: str, acc: float) -> str:
         results.record({
             "kind": "table", "algorithm": algorithm, "config": config, "config_sha256": "0" * 64,
             "dataset": "omniglot", "split": "vinyals", "settings": [], "train_seed": 0, "eval_seed": 0,
             "precision": "32-true", "batch_norm": "transductive",
             "train_shape": {"ways": 5, "shots": 1, "queries": 15, "tasks": 1}, "steps": 100,
             "minutes": {"train": 10.0, "validation": 1.0, "test": 1.0}, "test_episodes": 1000,
-            "ways": None, "shots": None, "within_alphabet": False, "cells": {s: [90.0 + n / 10, 0.3] for s in shapes},
+            "ways": None, "shots": None, "within_alphabet": False, "cells": {s: [acc, 0.3] for s in shapes},
             "paper": {}, "budget": "10 min of training", "throughput": {}, "train_command": "python train.py",
-            "commit": "1" * 40, "machine": machine, "date": "2026-12-07", "command": "python benchmarks/table.py",
+            "commit": commit, "machine": machine, "date": "2026-12-07", "command": "python benchmarks/table.py",
         })  # fmt: skip
-        readme = (tmp_path / "README.md").read_text()
-        assert ("| protonet | proto.yaml | 90.00 ± 0.30 | – | 90.00 ± 0.30 | – | 5-way 1-shot, 15 queries | "
-                "transductive | 10 min of training |" in readme) is (n == len(configs) - 1)
+        return (tmp_path / "README.md").read_text()
+
+    meta = [(a, config, shapes) for a, plan in TABLE_PARTS["meta-learners"].items() for config, shapes in plan]
+    proto_row = "| protonet | proto.yaml | 90.00 ± 0.30 | – | 90.00 ± 0.30 | – | 5-way 1-shot, 15 queries |"
+    for n, (algorithm, config, shapes) in enumerate(meta):
+        readme = record(algorithm, config, shapes, "1" * 40, 90.0 + n / 10)
+        assert (proto_row in readme) is (n == len(meta) - 1)
+        assert ("Made before the results protocol" in readme) is (n < len(meta) - 1)
     assert readme.startswith(f"# Intro\n\n{begin}\n") and readme.endswith(f"{end}\n\n## After\n")
     assert "stale" not in readme and "commit 111111111111" in readme
+    assert "Meta-learners: Omniglot vinyals split" in readme
+
+    baselines = [(a, config, shapes) for a, plan in TABLE_PARTS["pretrain-and-evaluate baselines"].items()
+                 for config, shapes in plan]
+    for n, (algorithm, config, shapes) in enumerate(baselines):
+        readme = record(algorithm, config, shapes, "2" * 40, 80.0)
+        assert (f"| {algorithm} | {config} | 80.00 ± 0.30 | 80.00 ± 0.30 |" in readme) is (n == len(baselines) - 1)
+        assert proto_row in readme  # the meta-learners' table stays
+    assert readme.index(proto_row) < readme.index("| simpleshot | simpleshot.yaml |")
+    assert "Pretrain-and-evaluate baselines: Omniglot vinyals split" in readme and "commit 222222222222" in readme
 
 
 def test_headline_trains_the_seeds_a_target_needs_and_tests_each_on_fresh_episodes(tmp_path):

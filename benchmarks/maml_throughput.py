@@ -1,9 +1,11 @@
-"""Meta-iterations per second of MAML on Omniglot 5-way 1-shot, meta-batch 32 (configs/maml.yaml), for
-second- and first-order MAML with the meta-batch run as a loop over tasks and vectorised with vmap, all in one
-process through train.py (the first ``warmup`` steps are not timed). The four variants alternate
-``repeats`` times and the medians are reported.
+"""Meta-iterations per second of MAML and its family on Omniglot 5-way 1-shot, meta-batch 32 (configs/maml.yaml,
+anil.yaml, metasgd.yaml): second- and first-order MAML with the meta-batch run as a loop over tasks and vectorised
+with vmap, ANIL and Meta-SGD (second order, vmap), all in one process through train.py (the first ``warmup`` steps
+are not timed). The variants alternate ``repeats`` times and the medians are reported, with each one's speed over
+second-order MAML's (vmap) from the same runs.
 
     python benchmarks/maml_throughput.py
+    python benchmarks/maml_throughput.py --variants "second-order, vmap" "anil, vmap"
 
 Run it on an otherwise idle machine.
 """
@@ -16,17 +18,22 @@ import statistics
 import sys
 
 import timing
+import yaml
 from results import ROOT, hardware, record, this_command, today
 
 sys.path.insert(0, str(ROOT))
 from lightning_meta import cli  # noqa: E402
 
-VARIANTS = {"second-order, vmap": ("false", "vmap"), "second-order, loop": ("false", "loop"),
-            "first-order, vmap": ("true", "vmap"), "first-order, loop": ("true", "loop")}  # fmt: skip
+VARIANTS = {  # name: config, first_order, meta_batch
+    "second-order, vmap": ("maml.yaml", "false", "vmap"), "second-order, loop": ("maml.yaml", "false", "loop"),
+    "first-order, vmap": ("maml.yaml", "true", "vmap"), "first-order, loop": ("maml.yaml", "true", "loop"),
+    "anil, vmap": ("anil.yaml", "false", "vmap"), "metasgd, vmap": ("metasgd.yaml", "false", "vmap"),
+}  # fmt: skip
+REFERENCE = "second-order, vmap"  # the speed-ups are over this one
 
 
-def train_py_args(first_order: str, meta_batch: str, steps: int, warmup: int) -> list[str]:
-    return timing.timed_run_args("maml.yaml", steps, warmup, 25, "/tmp/lightning_meta_throughput") + [
+def train_py_args(config: str, first_order: str, meta_batch: str, steps: int, warmup: int) -> list[str]:
+    return timing.timed_run_args(config, steps, warmup, 25, "/tmp/lightning_meta_throughput") + [
         "--model.first_order", first_order, "--model.meta_batch", meta_batch]
 
 
@@ -35,21 +42,28 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
-    rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    variants = [REFERENCE, *(name for name in args.variants if name != REFERENCE)]
+    rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
-        for name, (first_order, meta_batch) in VARIANTS.items():
-            cli.main(train_py_args(first_order, meta_batch, args.steps, args.warmup))
+        for name in variants:
+            cli.main(train_py_args(*VARIANTS[name], args.steps, args.warmup))
             rates[name].append(timing.RATES[-1])
     medians = {name: statistics.median(r) for name, r in rates.items()}
+    speed_ups = {name: statistics.median(a / b for a, b in zip(r, rates[REFERENCE])) for name, r in rates.items()}
     for name, rate in medians.items():
-        print(f"{name}: {rate:.2f} meta-iterations/s ({32 * rate:.1f} tasks/s)")
+        print(f"{name}: {rate:.2f} meta-iterations/s ({32 * rate:.1f} tasks/s), {speed_ups[name]:.2f}x {REFERENCE}")
+    queries = yaml.safe_load((ROOT / "configs" / "maml.yaml").read_text())["data"]["init_args"]["n_query"]
+    timed = (args.steps, args.warmup)
     record({
         "kind": "throughput", "algorithm": "maml", "dataset": "omniglot", "split": "vinyals", "ways": 5, "shots": 1,
-        "within_alphabet": False, "queries": 1, "unit": "meta-iterations (32 tasks)", "rates": medians,
+        "within_alphabet": False, "queries": queries, "unit": "meta-iterations (32 tasks)", "rates": medians,
+        "speed_ups": speed_ups, "speed_up_over": REFERENCE,
         "hardware": hardware(), "date": today(), "command": this_command(),
         "note": f"Medians of {args.repeats} alternating runs of {args.steps} timed steps each, through "
-                f"`python train.py {' '.join(train_py_args('FIRST_ORDER', 'META_BATCH', args.steps, args.warmup))}`.",
+                f"`python train.py {' '.join(train_py_args('CONFIG', 'FIRST_ORDER', 'META_BATCH', *timed))}` (CONFIG "
+                f"maml.yaml, anil.yaml or metasgd.yaml; each its config's {queries} queries per class).",
     })  # fmt: skip
 
 

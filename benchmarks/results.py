@@ -664,6 +664,8 @@ def render(records: list[dict]) -> str:
             unit = r.get("unit", "training episodes")
             rates = r.get("rates") or r["episodes_per_second"]
             for path, value in rates.items():
+                if "speed_ups" in r and path != r["speed_up_over"]:
+                    path += f" ({r['speed_ups'][path]:.2f}x {r['speed_up_over']}, same runs)"
                 lines.append(f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot | {path} | {unit} | "
                              f"{value:.2f} | {r['hardware']} | {r['date']} |")
         lines += commands(throughput)

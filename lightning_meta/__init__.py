@@ -2,6 +2,7 @@
 
 from lightning_meta.algorithms import (
     ALGORITHMS,
+    ANIL,
     MAML,
     Baseline,
     BaselinePlusPlus,
@@ -10,6 +11,7 @@ from lightning_meta.algorithms import (
     MetaLearner,
     MetaLSTM,
     MetaNet,
+    MetaSGD,
     ProtoNet,
     RelationNetwork,
     Reptile,
@@ -22,8 +24,8 @@ from lightning_meta.errors import ConfigError, TrainingError
 from lightning_meta.predict import Prediction, classify
 
 __all__ = [
-    "ALGORITHMS", "Baseline", "BaselinePlusPlus", "ConfigError", "Episode", "EpisodicDataModule", "MAML", "MANN",
-    "MatchingNetwork", "MetaLearner", "MetaLSTM", "MetaNet", "OmniglotDataModule", "Prediction", "ProtoNet",
+    "ALGORITHMS", "ANIL", "Baseline", "BaselinePlusPlus", "ConfigError", "Episode", "EpisodicDataModule", "MAML",
+    "MANN", "MatchingNetwork", "MetaLearner", "MetaLSTM", "MetaNet", "MetaSGD", "OmniglotDataModule", "Prediction", "ProtoNet",
     "RelationNetwork", "Reptile", "Siamese", "SimpleShot", "SinusoidDataModule", "SyntheticDataModule",
     "TrainingError", "classify",
 ]  # fmt: skip

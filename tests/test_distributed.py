@@ -25,7 +25,8 @@ SMALL = ["--data", "SyntheticDataModule", "--trainer.max_steps", 3, "--data.batc
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", 2, "--trainer.strategy", "ddp"]
 CONFIGS = [("proto.yaml", "protonet"), ("matching.yaml", "matching"), ("relation.yaml", "relation"),
            ("siamese.yaml", "siamese"), ("maml.yaml", "maml"), ("reptile.yaml", "reptile"), ("mann.yaml", "mann"),
-           ("metanet.yaml", "metanet"), ("meta_lstm.yaml", "meta_lstm")]
+           ("metanet.yaml", "metanet"), ("meta_lstm.yaml", "meta_lstm"), ("anil.yaml", "anil"),
+           ("metasgd.yaml", "metasgd")]
 
 
 def train(config: str, *args, log_root: Path) -> subprocess.CompletedProcess:

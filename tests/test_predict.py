@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from lightning_meta import (
+    ANIL,
     MAML,
     MANN,
     Baseline,
@@ -30,6 +31,7 @@ from lightning_meta import (
     MatchingNetwork,
     MetaLSTM,
     MetaNet,
+    MetaSGD,
     ProtoNet,
     RelationNetwork,
     Reptile,
@@ -82,6 +84,9 @@ def models() -> dict[str, torch.nn.Module]:
         "siamese": Siamese(SHAPE, hidden=16),
         "maml": MAML(SHAPE, n_way=n, hidden=16, inner_steps=1, inner_lr=0.4, lr=3e-3),
         "fomaml": MAML(SHAPE, n_way=n, hidden=16, inner_steps=1, inner_lr=0.4, first_order=True, lr=3e-3),
+        "anil": ANIL(SHAPE, n_way=n, hidden=16, inner_steps=5, inner_lr=0.4, lr=3e-3),
+        "anil_nil": ANIL(SHAPE, n_way=n, hidden=16, inner_steps=5, inner_lr=0.4, nil_testing=True, lr=3e-3),
+        "metasgd": MetaSGD(SHAPE, n_way=n, hidden=16, inner_lr=0.4, lr=3e-3),
         "reptile": Reptile(SHAPE, n_way=n, hidden=16, inner_lr=3e-3, inner_steps=5, inner_batch=4, eval_inner_steps=10,
                            eval_inner_batch=4, lr=0.5, lr_final=None),
         "meta_lstm": MetaLSTM(SHAPE, n_way=n, hidden=16, inner_steps=5, lr=3e-3),

@@ -1,5 +1,6 @@
 """One LightningModule per algorithm, found by name in ``ALGORITHMS``."""
 
+from lightning_meta.algorithms.anil import ANIL
 from lightning_meta.algorithms.base import ALGORITHMS, MetaLearner, register
 from lightning_meta.algorithms.baseline import Baseline, BaselinePlusPlus
 from lightning_meta.algorithms.gradient import GradientLearner
@@ -8,6 +9,7 @@ from lightning_meta.algorithms.mann import MANN
 from lightning_meta.algorithms.matching import MatchingNetwork
 from lightning_meta.algorithms.meta_lstm import MetaLSTM
 from lightning_meta.algorithms.metanet import MetaNet
+from lightning_meta.algorithms.metasgd import MetaSGD
 from lightning_meta.algorithms.metric import MetricLearner
 from lightning_meta.algorithms.pretrained import PretrainedLearner
 from lightning_meta.algorithms.protonet import ProtoNet
@@ -17,7 +19,7 @@ from lightning_meta.algorithms.siamese import Siamese
 from lightning_meta.algorithms.simpleshot import SimpleShot
 
 __all__ = [
-    "ALGORITHMS", "Baseline", "BaselinePlusPlus", "GradientLearner", "MAML", "MANN", "MatchingNetwork", "MetaLearner",
-    "MetaLSTM", "MetaNet", "MetricLearner", "PretrainedLearner", "ProtoNet", "RelationNetwork", "Reptile", "Siamese",
-    "SimpleShot", "register",
+    "ALGORITHMS", "ANIL", "Baseline", "BaselinePlusPlus", "GradientLearner", "MAML", "MANN", "MatchingNetwork",
+    "MetaLearner", "MetaLSTM", "MetaNet", "MetaSGD", "MetricLearner", "PretrainedLearner", "ProtoNet",
+    "RelationNetwork", "Reptile", "Siamese", "SimpleShot", "register",
 ]  # fmt: skip

@@ -11,7 +11,7 @@ each query is classified on its own (non-transductive).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Literal
 
@@ -137,17 +137,20 @@ class GradientLearner(MetaLearner):
         chunks = flat.split([p.numel() for p in theta.values()], dim=-1)
         return {k: c.reshape(*flat.shape[:-1], *p.shape) for (k, p), c in zip(theta.items(), chunks)}
 
-    def batch_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
-        """L(f_params(x), y): the loss the inner steps descend."""
-        return self.loss(self.f(params, x), y)
+    def batch_loss(self, params: Params, x: Tensor, y: Tensor, f: Callable[[Params, Tensor], Tensor] | None = None
+                   ) -> Tensor:
+        """L(f_params(x), y): the loss the inner steps descend; ``f`` is f_θ unless another function of the adapted
+        parameters is given (ANIL's head on the body's features)."""
+        return self.loss((f or self.f)(params, x), y)
 
-    def inner_grad(self, params: Params, x: Tensor, y: Tensor) -> Params:
-        """∇_params L(f_params(x), y), itself differentiable in ``params``. Under float16 autocast
-        (``trainer.precision: 16-mixed``) it is computed in float32: the backward pass of a loss on a few support
-        examples, unscaled, would underflow in float16, and the outer loss scaling never reaches it. bfloat16
-        has float32's range, so under ``bf16-mixed`` it runs in bfloat16 like the rest."""
+    def inner_grad(self, params: Params, x: Tensor, y: Tensor, f: Callable[[Params, Tensor], Tensor] | None = None
+                   ) -> Params:
+        """∇_params L(f_params(x), y) (``f`` as in ``batch_loss``), itself differentiable in ``params``. Under float16
+        autocast (``trainer.precision: 16-mixed``) it is computed in float32: the backward pass of a loss on a few
+        support examples, unscaled, would underflow in float16, and the outer loss scaling never reaches it.
+        bfloat16 has float32's range, so under ``bf16-mixed`` it runs in bfloat16 like the rest."""
         device = x.device.type
         if autocast_dtype(device) == torch.float16:
             with autocast_off(device):
-                return torch.func.grad(self.batch_loss)(params, x.float(), y)
-        return torch.func.grad(self.batch_loss)(params, x, y)
+                return torch.func.grad(self.batch_loss)(params, x.float(), y, f)
+        return torch.func.grad(self.batch_loss)(params, x, y, f)

@@ -10,6 +10,7 @@ through the inner steps (second derivatives); ``first_order`` drops those terms,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
 
@@ -79,13 +80,17 @@ class MAML(GradientLearner, InnerStepPictures):
                                 inner_lr if eval_inner_lr is None else eval_inner_lr)
 
     def adapt(self, theta: Params, support: Tensor, support_labels: Tensor, steps: int, alpha: float,
-              first_order: bool) -> Params:
-        """θ' after ``steps`` steps θ ← θ − α ∇_θ L^support(f_θ) on one task."""
+              first_order: bool, f: Callable[[Params, Tensor], Tensor] | None = None) -> Params:
+        """θ' after ``steps`` steps θ ← θ − α ∇_θ L^support(f_θ) on one task (``f``: f_θ unless given)."""
         for _ in range(steps):
             at = {k: p.detach() for k, p in theta.items()} if first_order else theta
-            grads = self.inner_grad(at, support, support_labels)  # differentiable in θ
-            theta = {k: p - alpha * grads[k] for k, p in theta.items()}
+            grads = self.inner_grad(at, support, support_labels, f)  # differentiable in θ
+            theta = self.inner_update(theta, grads, alpha)
         return theta
+
+    def inner_update(self, theta: Params, grads: Params, alpha: float) -> Params:
+        """One inner step from θ with gradient ∇: θ − α ∇ (Meta-SGD learns its own α)."""
+        return {k: p - alpha * grads[k] for k, p in theta.items()}
 
     def adapted_outputs(self, theta: Params, support: Tensor, support_labels: Tensor, query: Tensor, steps: int,
                         alpha: float, first_order: bool) -> Tensor:

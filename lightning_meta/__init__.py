@@ -13,6 +13,7 @@ from lightning_meta.algorithms import (
     MetaNet,
     MetaSGD,
     ProtoNet,
+    R2D2,
     RelationNetwork,
     Reptile,
     Siamese,
@@ -25,7 +26,7 @@ from lightning_meta.predict import Prediction, classify
 
 __all__ = [
     "ALGORITHMS", "ANIL", "Baseline", "BaselinePlusPlus", "ConfigError", "Episode", "EpisodicDataModule", "MAML",
-    "MANN", "MatchingNetwork", "MetaLearner", "MetaLSTM", "MetaNet", "MetaSGD", "OmniglotDataModule", "Prediction", "ProtoNet",
-    "RelationNetwork", "Reptile", "Siamese", "SimpleShot", "SinusoidDataModule", "SyntheticDataModule",
-    "TrainingError", "classify",
+    "MANN", "MatchingNetwork", "MetaLearner", "MetaLSTM", "MetaNet", "MetaSGD", "OmniglotDataModule", "Prediction",
+    "ProtoNet", "R2D2", "RelationNetwork", "Reptile", "Siamese", "SimpleShot", "SinusoidDataModule",
+    "SyntheticDataModule", "TrainingError", "classify",
 ]  # fmt: skip

@@ -14,6 +14,11 @@ from lightning_meta import cli
 from lightning_meta.algorithms import MAML
 
 
+# Under torch.func.vmap autocast adds a layer's bias in float32 (pytorch/pytorch#192617), so its output is float32
+# although the product ran in bfloat16; ANIL runs all its layers under vmap, so its autocast is seen on the loop
+VMAP_FREE = {"anil.yaml": ["--model.meta_batch", "loop"]}
+
+
 @pytest.mark.parametrize("config, name", CONFIGS)
 def test_every_algorithm_trains_in_bf16_mixed_precision(config, name, tmp_path, monkeypatch):
     """Autocast reaches its layers (some linear or convolution layer, or F.conv2d as Meta Networks calls it, gives
@@ -40,7 +45,7 @@ def test_every_algorithm_trains_in_bf16_mixed_precision(config, name, tmp_path, 
             "--config", config, "--data", "SyntheticDataModule", "--trainer.precision", "bf16-mixed",
             "--trainer.max_steps", "3", "--data.batches_per_epoch", "3", "--data.tasks_per_batch", "2",
             "--data.val_episodes", "2", "--data.test_episodes", "4", "--data.eval_tasks_per_batch", "2",
-            "--log_root", str(tmp_path), *TINY,
+            "--log_root", str(tmp_path), *TINY, *VMAP_FREE.get(config, []),
         ])  # fmt: skip
     finally:
         hook.remove()

@@ -13,6 +13,7 @@ from lightning_meta.algorithms.metasgd import MetaSGD
 from lightning_meta.algorithms.metric import MetricLearner
 from lightning_meta.algorithms.pretrained import PretrainedLearner
 from lightning_meta.algorithms.protonet import ProtoNet
+from lightning_meta.algorithms.r2d2 import R2D2
 from lightning_meta.algorithms.relation import RelationNetwork
 from lightning_meta.algorithms.reptile import Reptile
 from lightning_meta.algorithms.siamese import Siamese
@@ -21,5 +22,5 @@ from lightning_meta.algorithms.simpleshot import SimpleShot
 __all__ = [
     "ALGORITHMS", "ANIL", "Baseline", "BaselinePlusPlus", "GradientLearner", "MAML", "MANN", "MatchingNetwork",
     "MetaLearner", "MetaLSTM", "MetaNet", "MetaSGD", "MetricLearner", "PretrainedLearner", "ProtoNet",
-    "RelationNetwork", "Reptile", "Siamese", "SimpleShot", "register",
+    "R2D2", "RelationNetwork", "Reptile", "Siamese", "SimpleShot", "register",
 ]  # fmt: skip

@@ -26,7 +26,7 @@ DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", 2, "--trainer.strate
 CONFIGS = [("proto.yaml", "protonet"), ("matching.yaml", "matching"), ("relation.yaml", "relation"),
            ("siamese.yaml", "siamese"), ("maml.yaml", "maml"), ("reptile.yaml", "reptile"), ("mann.yaml", "mann"),
            ("metanet.yaml", "metanet"), ("meta_lstm.yaml", "meta_lstm"), ("anil.yaml", "anil"),
-           ("metasgd.yaml", "metasgd"), ("r2d2.yaml", "r2d2")]
+           ("metasgd.yaml", "metasgd"), ("maml_plus_plus.yaml", "maml"), ("r2d2.yaml", "r2d2")]
 
 
 def train(config: str, *args, log_root: Path) -> subprocess.CompletedProcess:

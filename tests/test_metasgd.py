@@ -82,7 +82,7 @@ def test_alpha_has_theta_shapes_starts_at_the_inner_lr_and_is_meta_learned():
     assert all(bool((a == 0.25).all()) for a in model.alpha)
     optimised = {id(p) for group in model.configure_optimizers().param_groups for p in group["params"]}
     assert all(id(a) in optimised for a in model.alpha)
-    with pytest.raises(ConfigError, match="learned step sizes"):
+    with pytest.raises(ConfigError, match="learns a step size per coordinate"):
         MetaSGD((1, 16, 16), n_way=3, eval_inner_lr=0.1)
 
 

@@ -67,11 +67,15 @@ class ANIL(MAML):
         return z[: support.shape[0]], z[support.shape[0]:]
 
     def adapted_outputs(self, theta: Params, support: Tensor, support_labels: Tensor, query: Tensor, steps: int,
-                        alpha: float, first_order: bool) -> Tensor:
-        """head_w'(body_φ(query)) for one task, [NQ, N]: the head adapted on the support set's features."""
+                        alpha: float, first_order: bool, every_step: bool = False) -> Tensor:
+        """head_w'(body_φ(query)) for one task, [NQ, N]: the head adapted on the support set's features (with
+        ``every_step``, after each inner step, [steps, NQ, N])."""
         phi = {k: p for k, p in theta.items() if k not in self.head_names}
         w = {k: theta[k] for k in self.head_names}
         z_support, z_query = self.features(phi, support, query)  # [NK, D], [NQ, D]
+        if every_step:
+            return torch.stack([self.head(w_i, z_query) for w_i in
+                                self.adaptation(w, z_support, support_labels, steps, alpha, first_order, f=self.head)])
         w_prime = self.adapt(w, z_support, support_labels, steps, alpha, first_order, f=self.head)
         return self.head(w_prime, z_query)
 

@@ -16,6 +16,7 @@ of this module.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
@@ -65,7 +66,9 @@ class MetaLearner(pl.LightningModule, ABC):
         weight_decay: L2 penalty of the optimiser.
         lr_decay_every: multiply the learning rate by ``lr_decay`` every this many training steps (None: never).
         lr_decay: the factor of that step decay.
-        lr_final: anneal the learning rate linearly from ``lr`` to this over ``trainer.max_steps`` (None: don't).
+        lr_final: anneal the learning rate from ``lr`` to this over ``trainer.max_steps`` (None: don't).
+        lr_anneal: how: ``linear``, or ``cosine``, lr_final + (lr − lr_final)(1 + cos(π t / max_steps)) / 2
+            (MAML++'s schedule).
     """
 
     name: ClassVar[str]
@@ -83,6 +86,7 @@ class MetaLearner(pl.LightningModule, ABC):
         lr_decay_every: int | None = None,
         lr_decay: float = 0.5,
         lr_final: float | None = None,
+        lr_anneal: Literal["linear", "cosine"] = "linear",
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -255,7 +259,14 @@ class MetaLearner(pl.LightningModule, ABC):
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=hp.lr_decay_every, gamma=hp.lr_decay)
         elif hp.lr_final is not None:
             steps, end = self.trainer.max_steps, hp.lr_final / hp.lr
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1 + (end - 1) * min(t / steps, 1))
+
+            def factor(t: int) -> float:  # the learning rate at step t over lr
+                progress = min(t / steps, 1)
+                if hp.lr_anneal == "cosine":
+                    return end + (1 - end) * (1 + math.cos(math.pi * progress)) / 2
+                return 1 + (end - 1) * progress
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         else:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

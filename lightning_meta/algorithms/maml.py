@@ -6,11 +6,17 @@ For every task τ of a meta-batch, adapt θ on the support set by gradient desce
 then update θ ← θ − β ∇_θ Σ_τ L_τ^query(f_θ'_τ) with the outer optimiser (β = ``lr``). The outer gradient flows
 through the inner steps (second derivatives); ``first_order`` drops those terms, so the outer gradient is
 ∇_θ' L^query(f_θ') taken at the adapted parameters.
+
+MAML++ (Antoniou, Edwards & Storkey, "How to train your MAML", ICLR 2019) is a set of settings of this class, each
+usable on its own: the multi-step loss Σ_i v_i L^query(f_θ_i) over the parameters θ_i after every inner step i,
+with weights v_i annealed towards the last step (``multi_step_loss_epochs``); derivative-order annealing, first
+order for the first epochs (``first_order_epochs``); learned per-layer per-step inner learning rates α_{l,i}
+(``learn_inner_lr``); and cosine annealing of the outer learning rate (``lr_anneal: cosine``, see MetaLearner).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, Literal
 
@@ -43,6 +49,12 @@ class MAML(GradientLearner, InnerStepPictures):
         eval_inner_steps: steps when validating and testing (default: ``inner_steps``).
         eval_inner_lr: their step size (default: ``inner_lr``).
         first_order: drop the second derivatives (first-order MAML).
+        first_order_epochs: MAML++'s derivative-order annealing: first order for this many epochs, then second.
+        multi_step_loss_epochs: MAML++'s multi-step loss for this many epochs (0: the last step's loss only): the
+            weighted sum of the query losses after every inner step, the weights moving from 1/S each towards the
+            last step as in the authors' code (``step_weights``); the last step's loss alone afterwards.
+        learn_inner_lr: MAML++'s LSLR: a learned inner learning rate for every parameter tensor and inner step,
+            starting at ``inner_lr`` (evaluation steps past the last training step reuse the last one's).
         meta_batch: ``vmap`` runs the tasks of a meta-batch as one vectorised computation (``torch.func.vmap``),
             ``loop`` one after another; both compute the same numbers. vmap is faster where one task's work is
             small (few, small images), loop where it is large (docs/algorithms.md gives the rule measured).
@@ -63,6 +75,9 @@ class MAML(GradientLearner, InnerStepPictures):
         eval_inner_steps: int | None = None,
         eval_inner_lr: float | None = None,
         first_order: bool = False,
+        first_order_epochs: int = 0,
+        multi_step_loss_epochs: int = 0,
+        learn_inner_lr: bool = False,
         meta_batch: Literal["vmap", "loop"] = "vmap",
         batch_norm: Literal["transductive", "support"] = "transductive",
         **kwargs: Any,
@@ -75,42 +90,87 @@ class MAML(GradientLearner, InnerStepPictures):
         if meta_batch == "vmap" and unbatchable:
             raise ConfigError(f"the backbone has {unbatchable[0]} layers, whose second derivatives torch.func.vmap "
                               f"gets wrong (functorch#534); set model.meta_batch: loop")
+        if multi_step_loss_epochs < 0 or first_order_epochs < 0 or (multi_step_loss_epochs and inner_steps < 1):
+            raise ConfigError(f"model.multi_step_loss_epochs and first_order_epochs must be >= 0, and the multi-step "
+                              f"loss needs inner steps (got {multi_step_loss_epochs}, {first_order_epochs}, "
+                              f"inner_steps {inner_steps})")
+        if learn_inner_lr and (eval_inner_lr is not None or inner_steps < 1):
+            raise ConfigError("model.learn_inner_lr learns the step sizes of inner_steps (>= 1) training steps and "
+                              "evaluates with them; remove model.eval_inner_lr")
+        if learn_inner_lr:  # α_{l,i}, one per parameter tensor l of θ and inner step i
+            theta = self.meta_parameters()
+            self.inner_lrs = nn.ParameterList(torch.full((inner_steps,), float(inner_lr)) for _ in theta)
+            self.inner_lr_of = {name: i for i, name in enumerate(theta)}
         self.train_adaptation = (inner_steps, inner_lr)
         self.eval_adaptation = (inner_steps if eval_inner_steps is None else eval_inner_steps,
                                 inner_lr if eval_inner_lr is None else eval_inner_lr)
 
-    def adapt(self, theta: Params, support: Tensor, support_labels: Tensor, steps: int, alpha: float,
-              first_order: bool, f: Callable[[Params, Tensor], Tensor] | None = None) -> Params:
-        """θ' after ``steps`` steps θ ← θ − α ∇_θ L^support(f_θ) on one task (``f``: f_θ unless given)."""
-        for _ in range(steps):
+    def adaptation(self, theta: Params, support: Tensor, support_labels: Tensor, steps: int, alpha: float,
+                   first_order: bool, f: Callable[[Params, Tensor], Tensor] | None = None) -> Iterator[Params]:
+        """θ_1, ..., θ_steps of one task, θ_{i+1} = θ_i − α ∇_θ L^support(f_θ_i) (``f``: f_θ unless given)."""
+        for step in range(steps):
             at = {k: p.detach() for k, p in theta.items()} if first_order else theta
             grads = self.inner_grad(at, support, support_labels, f)  # differentiable in θ
-            theta = self.inner_update(theta, grads, alpha)
+            theta = self.inner_update(theta, grads, alpha, step)
+            yield theta
+
+    def adapt(self, theta: Params, support: Tensor, support_labels: Tensor, steps: int, alpha: float,
+              first_order: bool, f: Callable[[Params, Tensor], Tensor] | None = None) -> Params:
+        """θ' after ``steps`` steps on one task (see ``adaptation``)."""
+        for theta in self.adaptation(theta, support, support_labels, steps, alpha, first_order, f):
+            pass
         return theta
 
-    def inner_update(self, theta: Params, grads: Params, alpha: float) -> Params:
-        """One inner step from θ with gradient ∇: θ − α ∇ (Meta-SGD learns its own α)."""
-        return {k: p - alpha * grads[k] for k, p in theta.items()}
+    def inner_update(self, theta: Params, grads: Params, alpha: float, step: int) -> Params:
+        """Inner step ``step`` from θ with gradient ∇: θ − α ∇, with the learned α_{l,step} of each parameter
+        tensor l under ``learn_inner_lr`` (Meta-SGD learns its own α)."""
+        if not self.hparams.learn_inner_lr:
+            return {k: p - alpha * grads[k] for k, p in theta.items()}
+        i = min(step, self.train_adaptation[0] - 1)
+        return {k: p - self.inner_lrs[self.inner_lr_of[k]][i] * grads[k] for k, p in theta.items()}
 
     def adapted_outputs(self, theta: Params, support: Tensor, support_labels: Tensor, query: Tensor, steps: int,
-                        alpha: float, first_order: bool) -> Tensor:
-        """f_θ'(query) for one task: support [NK, *x], query [NQ, *x] -> [NQ, N]."""
+                        alpha: float, first_order: bool, every_step: bool = False) -> Tensor:
+        """f_θ'(query) for one task: support [NK, *x], query [NQ, *x] -> [NQ, N]; with ``every_step``, after each
+        inner step, [steps, NQ, N]."""
+        if every_step:
+            return torch.stack([self.query_outputs(theta_i, support, query) for theta_i in
+                                self.adaptation(theta, support, support_labels, steps, alpha, first_order)])
         theta_prime = self.adapt(theta, support, support_labels, steps, alpha, first_order)
         return self.query_outputs(theta_prime, support, query)
 
-    def run_tasks(self, theta: Params, episode: Episode, steps: int, alpha: float, first_order: bool) -> Tensor:
-        """f_θ'_τ(query_τ) for every task τ of the meta-batch, [T, NQ, N]."""
-        task = partial(self.adapted_outputs, theta, steps=steps, alpha=alpha, first_order=first_order)
+    def run_tasks(self, theta: Params, episode: Episode, steps: int, alpha: float, first_order: bool,
+                  every_step: bool = False) -> Tensor:
+        """f_θ'_τ(query_τ) for every task τ of the meta-batch, [T, NQ, N] (``every_step``: [T, steps, NQ, N])."""
+        task = partial(self.adapted_outputs, theta, steps=steps, alpha=alpha, first_order=first_order,
+                       every_step=every_step)
         with self.first_derivatives_only(first_order):
             if self.hparams.meta_batch == "vmap":
                 return torch.func.vmap(task)(episode.support, episode.support_labels, episode.query)
             return torch.stack([task(*t) for t in zip(episode.support, episode.support_labels, episode.query)])
 
+    def step_weights(self) -> list[float] | None:
+        """MAML++'s multi-step loss weights v_1..v_S at the current epoch e, as in the authors' code: each starts at
+        1/S; the first S − 1 fall by e·d to at least 0.03/S and the last rises by (S − 1)·e·d to at most
+        1 − (S − 1)·0.03/S, d = 1 / (S · multi_step_loss_epochs). None once those epochs are over (or never)."""
+        epochs, e = self.hparams.multi_step_loss_epochs, self.current_epoch
+        if e >= epochs:
+            return None
+        S = self.train_adaptation[0]
+        d = 1 / S / epochs
+        return [max(1 / S - e * d, 0.03 / S)] * (S - 1) + [min(1 / S + e * (S - 1) * d, 1 - (S - 1) * 0.03 / S)]
+
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         steps, alpha = self.train_adaptation
-        outputs = self.run_tasks(self.meta_parameters(), episode, steps, alpha, self.hparams.first_order)
-        loss = self.loss(outputs.flatten(0, 1), episode.query_labels.flatten(0, 1))  # mean_τ L_τ^query(f_θ'_τ)
-        return loss, outputs
+        first_order = self.hparams.first_order or self.current_epoch < self.hparams.first_order_epochs
+        weights = self.step_weights()
+        outputs = self.run_tasks(self.meta_parameters(), episode, steps, alpha, first_order,
+                                 every_step=weights is not None)
+        labels = episode.query_labels.flatten(0, 1)
+        if weights is None:
+            return self.loss(outputs.flatten(0, 1), labels), outputs  # mean_τ L_τ^query(f_θ'_τ)
+        loss = sum(v * self.loss(outputs[:, i].flatten(0, 1), labels) for i, v in enumerate(weights))
+        return loss, outputs[:, -1]  # Σ_i v_i mean_τ L_τ^query(f_θ_i,τ), and the last step's outputs
 
     def predict(self, episode: Episode) -> Tensor:
         return self.predict_after(episode, self.eval_steps)

@@ -34,12 +34,13 @@ class MetaSGD(MAML):
     def __init__(self, image_shape: tuple[int, ...], n_way: int, inner_steps: int = 1, inner_lr: float = 0.4,
                  **kwargs: Any) -> None:
         super().__init__(image_shape, n_way, inner_steps=inner_steps, inner_lr=inner_lr, **kwargs)
-        if self.hparams.eval_inner_lr is not None:
-            raise ConfigError("Meta-SGD evaluates with its learned step sizes α; remove model.eval_inner_lr")
+        if self.hparams.eval_inner_lr is not None or self.hparams.learn_inner_lr:
+            raise ConfigError("Meta-SGD learns a step size per coordinate and evaluates with it; remove "
+                              "model.eval_inner_lr and model.learn_inner_lr")
         theta = self.meta_parameters()
         self.alpha = nn.ParameterList(torch.full_like(p, inner_lr) for p in theta.values())  # α, shaped like θ
         self.alpha_of = {name: i for i, name in enumerate(theta)}  # θ's parameter name -> its α
 
-    def inner_update(self, theta: Params, grads: Params, alpha: float) -> Params:
+    def inner_update(self, theta: Params, grads: Params, alpha: float, step: int) -> Params:
         """θ − α ∘ ∇ with the learned α (the fixed ``alpha`` is unused)."""
         return {k: p - self.alpha[self.alpha_of[k]] * grads[k] for k, p in theta.items()}

@@ -161,7 +161,7 @@ BAD_INPUT = {
     "no queries": (["--data.n_query", 0], r"need n_way >= 2, k_shot >= 1 and n_query >= 1 \(got \d+, \d+, 0\)"),
     "no tasks per batch": (["--data.tasks_per_batch", 0], r"data.tasks_per_batch must be at least 1"),
     "unknown algorithm": (["--model", "Protonet2"],
-                          r"unknown algorithm 'Protonet2' for --model; choose one of Baseline, BaselinePlusPlus, MAML"),
+                          r"unknown algorithm 'Protonet2' for --model; choose one of ANIL, Baseline, BaselinePlusPlus, MAML"),
     "unknown data module": (["--data", "Omni"], r"unknown data module 'Omni' for --data; choose one of .*Omniglot"),
     "missing config file": (["--config", "proto_typo.yaml"], r"config file proto_typo.yaml not found"),
     "mean without std": (["--data.mean", "[0.5]"], r"data.mean and data.std go together"),

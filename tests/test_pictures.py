@@ -46,9 +46,9 @@ def test_the_pictures_of_an_algorithm_are_those_it_declares():
     that happens to have a method of that name."""
     declaring = {kind: sorted(name for name, cls in ALGORITHMS.items() if issubclass(cls, kind))
                  for kind in (EmbeddingPictures, InnerStepPictures, InstancePictures)}
-    assert declaring == {EmbeddingPictures: ["baseline", "baseline_pp", "matching", "protonet", "relation", "siamese",
-                                             "simpleshot"],
-                         InnerStepPictures: ["maml", "reptile"], InstancePictures: ["mann"]}
+    assert declaring == {EmbeddingPictures: ["baseline", "baseline_pp", "matching", "protonet", "r2d2", "relation",
+                                             "siamese", "simpleshot"],
+                         InnerStepPictures: ["anil", "maml", "metasgd", "reptile"], InstancePictures: ["mann"]}
     assert ALGORITHMS["mann"].instances == (1, 2, 3, 5, 10)  # Santoro et al.'s table
 
 

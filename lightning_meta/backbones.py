@@ -348,6 +348,9 @@ class MetaBatchNorm(nn.Module):
     With ``first_order = True`` (for learners that never differentiate through their inner steps) it calls
     ``F.batch_norm`` instead: the same values and first derivatives, from PyTorch's native kernel, which is faster
     (a speed-up, ``lightning_meta.speedups``: the tensor operations are the reference).
+
+    ``per_step(S)`` gives it S sets of weights and biases, [S, C], one per inner step of an adaptation (MAML++'s
+    per-step batch-norm weights); ``step`` says which set a call uses.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
@@ -361,15 +364,28 @@ class MetaBatchNorm(nn.Module):
         self.eps = eps
         self.reference: int | None = None
         self.first_order = False
+        self.step = 0
+
+    def per_step(self, steps: int) -> None:
+        """One set of weights and biases per inner step, [steps, C], each starting as the current one."""
+        for name in ("weight", "bias"):
+            value = getattr(self, name).detach().expand(steps, -1).clone()
+            if isinstance(getattr(self, name), nn.Parameter):
+                setattr(self, name, nn.Parameter(value))
+            else:
+                self.register_buffer(name, value)
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C, *]
+        weight, bias = self.weight, self.bias
+        if weight.dim() == 2:  # per step: this step's set
+            weight, bias = weight[self.step], bias[self.step]
         if not self.native_kernel_applies(x):
             dims = [0, *range(2, x.dim())]
             ref = x if self.reference is None else x[: self.reference]
             var, mean = torch.var_mean(ref, dims, correction=0, keepdim=True)  # [1, C, 1, ...]
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
-        return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+            return (x - mean) * torch.rsqrt(var + self.eps) * weight.view(shape) + bias.view(shape)
+        return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
 
     def native_kernel_applies(self, x: Tensor) -> bool:
         """Whether the speed-up computes this call: first derivatives only, statistics of the whole batch, the

@@ -1,5 +1,5 @@
 """MAML++'s settings of MAML (Antoniou et al. 2019): multi-step loss, derivative-order annealing, learned per-layer
-per-step inner learning rates, cosine annealing of the outer learning rate."""
+per-step inner learning rates, per-step batch-norm weights, cosine annealing of the outer learning rate."""
 
 import math
 
@@ -8,8 +8,10 @@ import pytorch_lightning as pl
 import torch
 from test_maml import classification_episode, conv_maml, meta_gradient, regression_episode
 from torch import nn
+from torch.func import functional_call
 
 from lightning_meta import MAML, ConfigError, ProtoNet
+from lightning_meta.backbones import MetaBatchNorm
 
 
 def at_epoch(monkeypatch, epoch: int) -> None:
@@ -110,3 +112,47 @@ def test_cosine_annealing_of_the_outer_learning_rate():
     for t, lr in ((0, 1e-3), (25, 1e-5 + (1e-3 - 1e-5) * (1 + math.sqrt(0.5)) / 2), (50, 5.05e-4), (100, 1e-5),
                   (150, 1e-5)):
         assert schedule.lr_lambdas[0](t) * 1e-3 == pytest.approx(lr, rel=1e-12)
+
+
+@pytest.mark.parametrize("meta_batch", ["loop", "vmap"])
+def test_per_step_batch_norm_weights_by_hand(meta_batch):
+    """Two inner steps with a weight and bias per step in every batch-norm layer, each set different: the query
+    outputs and the meta-gradient (every parameter, the per-step sets included) against a hand-written loop with
+    torch.autograd.grad, where step i's support pass and the query pass after it use set i and the inner loop leaves
+    the batch-norm parameters as they are."""
+    torch.manual_seed(0)
+    model = MAML((1, 16, 16), n_way=3, backbone="conv4_strided", hidden=4, inner_steps=2, inner_lr=0.3,
+                 per_step_batch_norm=True, meta_batch=meta_batch).double()
+    with torch.no_grad():
+        for norm in model.norms:
+            assert norm.weight.shape == norm.bias.shape == (2, 4)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    episode = classification_episode(T=2, N=3, K=2, Q=2, shape=(1, 16, 16))
+    model.zero_grad()
+    loss, outputs = model.meta_loss(episode)
+    loss.backward()
+
+    theta = dict(model.net.named_parameters())
+    per_step = {k for k in theta if isinstance(model.net.get_submodule(k.rsplit(".", 1)[0]), MetaBatchNorm)}
+    assert per_step and per_step == model.outer_only
+
+    def at_step(params: dict, i: int) -> dict:
+        return {k: p[i] if k in per_step else p for k, p in params.items()}
+
+    total, every = 0.0, []
+    for support, labels, query, query_labels in zip(episode.support, episode.support_labels, episode.query,
+                                                    episode.query_labels):
+        params = dict(theta)
+        for i in range(2):
+            step_loss = nn.functional.cross_entropy(functional_call(model.net, at_step(params, i), (support,)), labels)
+            grads = torch.autograd.grad(step_loss, list(params.values()), create_graph=True)
+            params = {k: p if k in per_step else p - 0.3 * g for (k, p), g in zip(params.items(), grads)}
+        out = functional_call(model.net, at_step(params, 1), (query,))
+        total = total + nn.functional.cross_entropy(out, query_labels) / 2
+        every.append(out.detach())
+    expected = dict(zip(theta, torch.autograd.grad(total, list(theta.values()))))
+    assert torch.allclose(outputs, torch.stack(every), rtol=1e-10)
+    assert any(expected[k][0].abs().sum() > 0 and expected[k][1].abs().sum() > 0 for k in per_step)  # both sets
+    for k, p in model.net.named_parameters():
+        assert torch.allclose(p.grad, expected[k], rtol=1e-9, atol=1e-12), k

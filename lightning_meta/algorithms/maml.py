@@ -11,7 +11,8 @@ MAML++ (Antoniou, Edwards & Storkey, "How to train your MAML", ICLR 2019) is a s
 usable on its own: the multi-step loss Σ_i v_i L^query(f_θ_i) over the parameters θ_i after every inner step i,
 with weights v_i annealed towards the last step (``multi_step_loss_epochs``); derivative-order annealing, first
 order for the first epochs (``first_order_epochs``); learned per-layer per-step inner learning rates α_{l,i}
-(``learn_inner_lr``); and cosine annealing of the outer learning rate (``lr_anneal: cosine``, see MetaLearner).
+(``learn_inner_lr``); per-step batch-norm weights and biases (``per_step_batch_norm``); and cosine annealing of
+the outer learning rate (``lr_anneal: cosine``, see MetaLearner).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class MAML(GradientLearner, InnerStepPictures):
             last step as in the authors' code (``step_weights``); the last step's loss alone afterwards.
         learn_inner_lr: MAML++'s LSLR: a learned inner learning rate for every parameter tensor and inner step,
             starting at ``inner_lr`` (evaluation steps past the last training step reuse the last one's).
+        per_step_batch_norm: MAML++'s BNWB: every batch-norm layer has a weight and a bias per inner step, learned
+            by the outer loop only (as in the authors' code); step i's support pass and the query pass after it use
+            set i (evaluation steps past the last use the last set).
         meta_batch: ``vmap`` runs the tasks of a meta-batch as one vectorised computation (``torch.func.vmap``),
             ``loop`` one after another; both compute the same numbers. vmap is faster where one task's work is
             small (few, small images), loop where it is large (docs/algorithms.md gives the rule measured).
@@ -78,6 +82,7 @@ class MAML(GradientLearner, InnerStepPictures):
         first_order_epochs: int = 0,
         multi_step_loss_epochs: int = 0,
         learn_inner_lr: bool = False,
+        per_step_batch_norm: bool = False,
         meta_batch: Literal["vmap", "loop"] = "vmap",
         batch_norm: Literal["transductive", "support"] = "transductive",
         **kwargs: Any,
@@ -97,6 +102,14 @@ class MAML(GradientLearner, InnerStepPictures):
         if learn_inner_lr and (eval_inner_lr is not None or inner_steps < 1):
             raise ConfigError("model.learn_inner_lr learns the step sizes of inner_steps (>= 1) training steps and "
                               "evaluates with them; remove model.eval_inner_lr")
+        if per_step_batch_norm and (inner_steps < 1 or not self.norms):
+            raise ConfigError("model.per_step_batch_norm needs inner_steps >= 1 and a backbone with batch norm")
+        self.outer_only: set[str] = set()  # parameters the inner loop leaves as they are
+        if per_step_batch_norm:
+            for name, module in self.net.named_modules():
+                if module in self.norms:
+                    module.per_step(inner_steps)
+                    self.outer_only |= {f"{name}.{k}" for k, _ in module.named_parameters(recurse=False)}
         if learn_inner_lr:  # α_{l,i}, one per parameter tensor l of θ and inner step i
             theta = self.meta_parameters()
             self.inner_lrs = nn.ParameterList(torch.full((inner_steps,), float(inner_lr)) for _ in theta)
@@ -110,9 +123,14 @@ class MAML(GradientLearner, InnerStepPictures):
         """θ_1, ..., θ_steps of one task, θ_{i+1} = θ_i − α ∇_θ L^support(f_θ_i) (``f``: f_θ unless given)."""
         for step in range(steps):
             at = {k: p.detach() for k, p in theta.items()} if first_order else theta
-            grads = self.inner_grad(at, support, support_labels, f)  # differentiable in θ
+            with self.batch_norm_settings(step=self.norm_step(step)):
+                grads = self.inner_grad(at, support, support_labels, f)  # differentiable in θ
             theta = self.inner_update(theta, grads, alpha, step)
             yield theta
+
+    def norm_step(self, step: int) -> int:
+        """The set of per-step batch-norm weights that inner step ``step`` (and the query pass after it) uses."""
+        return min(max(step, 0), self.train_adaptation[0] - 1) if self.hparams.per_step_batch_norm else 0
 
     def adapt(self, theta: Params, support: Tensor, support_labels: Tensor, steps: int, alpha: float,
               first_order: bool, f: Callable[[Params, Tensor], Tensor] | None = None) -> Params:
@@ -124,20 +142,24 @@ class MAML(GradientLearner, InnerStepPictures):
     def inner_update(self, theta: Params, grads: Params, alpha: float, step: int) -> Params:
         """Inner step ``step`` from θ with gradient ∇: θ − α ∇, with the learned α_{l,step} of each parameter
         tensor l under ``learn_inner_lr`` (Meta-SGD learns its own α)."""
-        if not self.hparams.learn_inner_lr:
-            return {k: p - alpha * grads[k] for k, p in theta.items()}
         i = min(step, self.train_adaptation[0] - 1)
-        return {k: p - self.inner_lrs[self.inner_lr_of[k]][i] * grads[k] for k, p in theta.items()}
+        return {k: p if k in self.outer_only else p - (self.inner_lrs[self.inner_lr_of[k]][i]
+                                                        if self.hparams.learn_inner_lr else alpha) * grads[k]
+                for k, p in theta.items()}
 
     def adapted_outputs(self, theta: Params, support: Tensor, support_labels: Tensor, query: Tensor, steps: int,
                         alpha: float, first_order: bool, every_step: bool = False) -> Tensor:
         """f_θ'(query) for one task: support [NK, *x], query [NQ, *x] -> [NQ, N]; with ``every_step``, after each
         inner step, [steps, NQ, N]."""
         if every_step:
-            return torch.stack([self.query_outputs(theta_i, support, query) for theta_i in
-                                self.adaptation(theta, support, support_labels, steps, alpha, first_order)])
+            outputs = []
+            for i, theta_i in enumerate(self.adaptation(theta, support, support_labels, steps, alpha, first_order)):
+                with self.batch_norm_settings(step=self.norm_step(i)):
+                    outputs.append(self.query_outputs(theta_i, support, query))
+            return torch.stack(outputs)
         theta_prime = self.adapt(theta, support, support_labels, steps, alpha, first_order)
-        return self.query_outputs(theta_prime, support, query)
+        with self.batch_norm_settings(step=self.norm_step(steps - 1)):
+            return self.query_outputs(theta_prime, support, query)
 
     def run_tasks(self, theta: Params, episode: Episode, steps: int, alpha: float, first_order: bool,
                   every_step: bool = False) -> Tensor:

@@ -99,6 +99,8 @@ def test_learned_inner_learning_rates_per_step_have_their_closed_form_gradients(
 def test_learned_inner_learning_rates_start_at_inner_lr_and_refuse_a_separate_evaluation_rate():
     model = MAML((1, 16, 16), n_way=3, hidden=4, inner_steps=5, inner_lr=0.1, learn_inner_lr=True)
     assert len(model.inner_lrs) == len(model.meta_parameters())
+    per_step = MAML((1, 16, 16), n_way=3, hidden=4, inner_steps=5, learn_inner_lr=True, per_step_batch_norm=True)
+    assert set(per_step.inner_lr_of) == set(per_step.meta_parameters()) - per_step.outer_only  # none left unused
     assert all(a.shape == (5,) and bool((a == 0.1).all()) for a in model.inner_lrs)
     with pytest.raises(ConfigError, match="remove model.eval_inner_lr"):
         MAML((1, 16, 16), n_way=3, learn_inner_lr=True, eval_inner_lr=0.2)

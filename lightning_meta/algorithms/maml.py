@@ -111,9 +111,9 @@ class MAML(GradientLearner, InnerStepPictures):
                     module.per_step(inner_steps)
                     self.outer_only |= {f"{name}.{k}" for k, _ in module.named_parameters(recurse=False)}
         if learn_inner_lr:  # α_{l,i}, one per parameter tensor l of θ and inner step i
-            theta = self.meta_parameters()
-            self.inner_lrs = nn.ParameterList(torch.full((inner_steps,), float(inner_lr)) for _ in theta)
-            self.inner_lr_of = {name: i for i, name in enumerate(theta)}
+            adapted = [name for name in self.meta_parameters() if name not in self.outer_only]
+            self.inner_lrs = nn.ParameterList(torch.full((inner_steps,), float(inner_lr)) for _ in adapted)
+            self.inner_lr_of = {name: i for i, name in enumerate(adapted)}
         self.train_adaptation = (inner_steps, inner_lr)
         self.eval_adaptation = (inner_steps if eval_inner_steps is None else eval_inner_steps,
                                 inner_lr if eval_inner_lr is None else eval_inner_lr)

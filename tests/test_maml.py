@@ -1,11 +1,18 @@
 import copy
+from collections.abc import Callable
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lightning_meta import MAML, ConfigError, Episode, SinusoidDataModule, SyntheticDataModule
+from lightning_meta import (
+    MAML,
+    ConfigError,
+    Episode,
+    SinusoidDataModule,
+    SyntheticDataModule,
+)
 from lightning_meta.backbones import BACKBONES
 
 
@@ -62,15 +69,34 @@ def test_linear_regression_meta_gradient_in_closed_form(steps, meta_batch):
     assert torch.allclose(grads["0.weight"], expected_grad.reshape(1, d), rtol=1e-9, atol=1e-12)
 
 
-def conv_maml(meta_batch: str, first_order: bool = False, seed: int = 0) -> MAML:
+def conv_maml(meta_batch: str, seed: int = 0, learner: type[MAML] = MAML, **kwargs) -> MAML:
+    """A small float64 conv net with batch norm, two inner steps of 0.3, of ``learner`` (MAML or a subclass)."""
     torch.manual_seed(seed)
-    model = MAML((1, 16, 16), n_way=3, backbone="conv4_strided", hidden=4, inner_steps=2, inner_lr=0.3,
-                 first_order=first_order, meta_batch=meta_batch).double()
+    model = learner((1, 16, 16), n_way=3, backbone="conv4_strided", hidden=4, inner_steps=2, inner_lr=0.3,
+                    meta_batch=meta_batch, **kwargs).double()
     with torch.no_grad():  # non-trivial batch-norm affine parameters
         for norm in model.norms:
             norm.weight.uniform_(0.5, 1.5)
             norm.bias.uniform_(-0.5, 0.5)
     return model
+
+
+def assert_matches_finite_differences(objective: Callable[[], float], variables: list[torch.Tensor],
+                                      grads: list[torch.Tensor], eps: float = 1e-6) -> None:
+    """The gradients ``grads`` of ``objective`` in ``variables`` (float64) against central differences along three
+    random directions, the variables moved in place and put back."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        directions = [torch.randn(v.shape, generator=g, dtype=torch.float64) for v in variables]
+        values = []
+        for sign in (1, -2, 1):  # to θ + εu, to θ − εu, back to θ
+            with torch.no_grad():
+                for v, u in zip(variables, directions):
+                    v += sign * eps * u
+            values.append(objective())
+        numeric = (values[0] - values[1]) / (2 * eps)
+        analytic = sum((grad * u).sum() for grad, u in zip(grads, directions)).item()
+        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (numeric, analytic)
 
 
 @pytest.mark.parametrize("meta_batch", ["loop", "vmap"])
@@ -80,22 +106,13 @@ def test_second_order_meta_gradient_matches_finite_differences(meta_batch):
     model = conv_maml(meta_batch)
     episode = classification_episode(T=2, N=3, K=2, Q=2, shape=(1, 16, 16))
     _, grads = meta_gradient(model, episode)
-    theta = {k: p.detach() for k, p in model.net.named_parameters()}
 
-    def objective(params):
+    def objective() -> float:
         with torch.no_grad():
-            outputs = model.run_tasks(params, episode, 2, 0.3, first_order=False)
+            outputs = model.run_tasks(model.meta_parameters(), episode, 2, 0.3, first_order=False)
         return model.loss(outputs.flatten(0, 1), episode.query_labels.flatten()).item()
 
-    g = torch.Generator().manual_seed(1)
-    for _ in range(3):
-        v = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in theta.items()}
-        eps = 1e-6
-        plus = objective({k: p + eps * v[k] for k, p in theta.items()})
-        minus = objective({k: p - eps * v[k] for k, p in theta.items()})
-        numeric = (plus - minus) / (2 * eps)
-        analytic = sum((grads[k] * v[k]).sum() for k in theta).item()
-        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (numeric, analytic)
+    assert_matches_finite_differences(objective, list(model.net.parameters()), list(grads.values()))
 
 
 @pytest.mark.parametrize("meta_batch", ["loop", "vmap"])

@@ -1,7 +1,12 @@
 import pytest
 import pytorch_lightning as pl
 import torch
-from test_maml import classification_episode, regression_episode
+from test_maml import (
+    assert_matches_finite_differences,
+    classification_episode,
+    conv_maml,
+    regression_episode,
+)
 from torch import nn
 
 from lightning_meta import ConfigError, MetaSGD, SyntheticDataModule
@@ -36,13 +41,8 @@ def test_linear_regression_gradients_in_closed_form(meta_batch):
 def test_gradients_in_theta_and_alpha_match_finite_differences(meta_batch):
     """A conv net with affine batch norm, two inner steps, float64, α perturbed away from its constant start: the
     gradient of the meta-objective in (θ, α) against central differences along random directions."""
-    torch.manual_seed(0)
-    model = MetaSGD((1, 16, 16), n_way=3, backbone="conv4_strided", hidden=4, inner_steps=2, inner_lr=0.3,
-                    meta_batch=meta_batch).double()
+    model = conv_maml(meta_batch, learner=MetaSGD)
     with torch.no_grad():
-        for norm in model.norms:
-            norm.weight.uniform_(0.5, 1.5)
-            norm.bias.uniform_(-0.5, 0.5)
         for a in model.alpha:
             a.uniform_(0.1, 0.5)
     episode = classification_episode(T=2, N=3, K=2, Q=2, shape=(1, 16, 16))
@@ -55,24 +55,7 @@ def test_gradients_in_theta_and_alpha_match_finite_differences(meta_batch):
         with torch.no_grad():
             return model.meta_loss(episode)[0].item()
 
-    g = torch.Generator().manual_seed(1)
-    eps = 1e-6
-    for _ in range(3):
-        directions = [torch.randn(v.shape, generator=g, dtype=torch.float64) for v in variables]
-        with torch.no_grad():
-            for v, u in zip(variables, directions):
-                v += eps * u
-        plus = objective()
-        with torch.no_grad():
-            for v, u in zip(variables, directions):
-                v -= 2 * eps * u
-        minus = objective()
-        with torch.no_grad():
-            for v, u in zip(variables, directions):
-                v += eps * u
-        numeric = (plus - minus) / (2 * eps)
-        analytic = sum((grad * u).sum() for grad, u in zip(grads, directions)).item()
-        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (numeric, analytic)
+    assert_matches_finite_differences(objective, variables, grads)
 
 
 def test_alpha_has_theta_shapes_starts_at_the_inner_lr_and_is_meta_learned():

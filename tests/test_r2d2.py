@@ -3,7 +3,7 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
-from test_maml import classification_episode
+from test_maml import assert_matches_finite_differences, classification_episode
 
 from lightning_meta import R2D2, ConfigError, SyntheticDataModule
 from lightning_meta.algorithms.r2d2 import ridge_regression
@@ -67,24 +67,7 @@ def test_gradient_through_the_solve_matches_finite_differences():
         with torch.no_grad():
             return model.meta_loss(episode)[0].item()
 
-    g = torch.Generator().manual_seed(1)
-    eps = 1e-6
-    for _ in range(3):
-        directions = [torch.randn(v.shape, generator=g, dtype=torch.float64) for v in variables]
-        with torch.no_grad():
-            for v, u in zip(variables, directions):
-                v += eps * u
-        plus = objective()
-        with torch.no_grad():
-            for v, u in zip(variables, directions):
-                v -= 2 * eps * u
-        minus = objective()
-        with torch.no_grad():
-            for v, u in zip(variables, directions):
-                v += eps * u
-        numeric = (plus - minus) / (2 * eps)
-        analytic = sum((grad * u).sum() for grad, u in zip(grads, directions)).item()
-        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (numeric, analytic)
+    assert_matches_finite_differences(objective, variables, grads)
 
 
 def test_lambda_stays_fixed_unless_learned_and_bad_settings_are_refused():

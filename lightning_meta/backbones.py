@@ -350,7 +350,10 @@ class MetaBatchNorm(nn.Module):
     (a speed-up, ``lightning_meta.speedups``: the tensor operations are the reference).
 
     ``per_step(S)`` gives it S sets of weights and biases, [S, C], one per inner step of an adaptation (MAML++'s
-    per-step batch-norm weights); ``step`` says which set a call uses.
+    per-step batch-norm weights); ``step`` says which set a call uses. ``per_step_statistics(S)`` gives it S sets
+    of running statistics (MAML++'s per-step running statistics): while ``record`` is a dict, every call adds its
+    batch's mean and unbiased variance, [2, C], under its ``step``, for the learner to average and hand to
+    ``update_running_statistics``; with ``use_running`` it normalises with set ``step`` instead of the batch's own.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
@@ -365,6 +368,8 @@ class MetaBatchNorm(nn.Module):
         self.reference: int | None = None
         self.first_order = False
         self.step = 0
+        self.record: dict[int, list[Tensor]] | None = None
+        self.use_running = False
 
     def per_step(self, steps: int) -> None:
         """One set of weights and biases per inner step, [steps, C], each starting as the current one."""
@@ -375,15 +380,38 @@ class MetaBatchNorm(nn.Module):
             else:
                 self.register_buffer(name, value)
 
+    def per_step_statistics(self, steps: int, momentum: float = 0.1) -> None:
+        """S sets of running means and variances, [S, C], starting at 0 and 1, each moved by ``momentum`` towards
+        the statistics ``update_running_statistics`` is given (nn.BatchNorm's rule)."""
+        like = self.weight.new_empty(steps, self.weight.shape[-1])
+        self.register_buffer("running_mean", torch.zeros_like(like))
+        self.register_buffer("running_var", torch.ones_like(like))
+        self.momentum = momentum
+
+    @torch.no_grad()
+    def update_running_statistics(self, statistics: Tensor) -> None:
+        """running ← (1 − momentum) · running + momentum · statistics, for every set: statistics [S, 2, C] (mean,
+        variance)."""
+        statistics = statistics.to(self.running_mean.dtype)
+        self.running_mean.lerp_(statistics[:, 0], self.momentum)
+        self.running_var.lerp_(statistics[:, 1], self.momentum)
+
     def forward(self, x: Tensor) -> Tensor:  # [B, C, *]
         weight, bias = self.weight, self.bias
         if weight.dim() == 2:  # per step: this step's set
             weight, bias = weight[self.step], bias[self.step]
+        dims = [0, *range(2, x.dim())]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        ref = x if self.reference is None else x[: self.reference]
+        if self.use_running:
+            mean, var = self.running_mean[self.step].view(shape), self.running_var[self.step].view(shape)
+            return (x - mean) * torch.rsqrt(var + self.eps) * weight.view(shape) + bias.view(shape)
+        if self.record is not None:
+            at_least_float32 = ref.detach().to(torch.promote_types(ref.dtype, torch.float32))  # under autocast
+            var, mean = torch.var_mean(at_least_float32, dims, correction=1)  # [C]
+            self.record.setdefault(self.step, []).append(torch.stack([mean, var]))
         if not self.native_kernel_applies(x):
-            dims = [0, *range(2, x.dim())]
-            ref = x if self.reference is None else x[: self.reference]
             var, mean = torch.var_mean(ref, dims, correction=0, keepdim=True)  # [1, C, 1, ...]
-            shape = (1, -1) + (1,) * (x.dim() - 2)
             return (x - mean) * torch.rsqrt(var + self.eps) * weight.view(shape) + bias.view(shape)
         return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
 

@@ -3,22 +3,11 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
-from test_maml import classification_episode
+from test_maml import classification_episode, conv_maml
 from torch import nn
 from torch.func import functional_call
 
 from lightning_meta import ANIL, ConfigError, Episode, SyntheticDataModule
-
-
-def conv_anil(meta_batch: str, batch_norm: str, seed: int = 0) -> ANIL:
-    torch.manual_seed(seed)
-    model = ANIL((1, 16, 16), n_way=3, backbone="conv4_strided", hidden=4, inner_steps=2, inner_lr=0.3,
-                 meta_batch=meta_batch, batch_norm=batch_norm).double()
-    with torch.no_grad():  # non-trivial batch-norm affine parameters
-        for norm in model.norms:
-            norm.weight.uniform_(0.5, 1.5)
-            norm.bias.uniform_(-0.5, 0.5)
-    return model
 
 
 def maml_with_frozen_body(model: ANIL, episode: Episode, steps: int, alpha: float
@@ -50,7 +39,7 @@ def maml_with_frozen_body(model: ANIL, episode: Episode, steps: int, alpha: floa
 def test_meta_gradient_is_maml_with_the_body_inner_learning_rate_zero(meta_batch, batch_norm):
     """Body and head: ANIL's meta-gradient (features once, inner loop on the head's features, torch.func) against
     MAML's through the whole network with a zero step size for every body parameter."""
-    model = conv_anil(meta_batch, batch_norm)
+    model = conv_maml(meta_batch, learner=ANIL, batch_norm=batch_norm)
     episode = classification_episode(T=2, N=3, K=2, Q=2, shape=(1, 16, 16))
     model.zero_grad()
     loss, outputs = model.meta_loss(episode)
@@ -81,6 +70,12 @@ def test_nil_testing_scores_a_hand_worked_episode():
 def test_refuses_nil_testing_on_regression():
     with pytest.raises(ConfigError, match="nil_testing .* classification"):
         ANIL((1,), n_way=0, backbone="mlp", nil_testing=True)
+
+
+@pytest.mark.parametrize("setting", ["learn_inner_lr", "per_step_batch_norm", "per_step_batch_norm_statistics"])
+def test_refuses_the_settings_of_the_whole_network_inner_loop(setting):
+    with pytest.raises(ConfigError, match="ANIL adapts its head alone"):
+        ANIL((1, 28, 28), n_way=5, backbone="conv4", hidden=4, inner_steps=2, **{setting: True})
 
 
 @pytest.mark.parametrize("nil_testing", [False, True])

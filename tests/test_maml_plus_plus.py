@@ -6,7 +6,12 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
-from test_maml import classification_episode, conv_maml, meta_gradient, regression_episode
+from test_maml import (
+    classification_episode,
+    conv_maml,
+    meta_gradient,
+    regression_episode,
+)
 from torch import nn
 from torch.func import functional_call
 
@@ -122,14 +127,8 @@ def test_per_step_batch_norm_weights_by_hand(meta_batch):
     outputs and the meta-gradient (every parameter, the per-step sets included) against a hand-written loop with
     torch.autograd.grad, where step i's support pass and the query pass after it use set i and the inner loop leaves
     the batch-norm parameters as they are."""
-    torch.manual_seed(0)
-    model = MAML((1, 16, 16), n_way=3, backbone="conv4_strided", hidden=4, inner_steps=2, inner_lr=0.3,
-                 per_step_batch_norm=True, meta_batch=meta_batch).double()
-    with torch.no_grad():
-        for norm in model.norms:
-            assert norm.weight.shape == norm.bias.shape == (2, 4)
-            norm.weight.uniform_(0.5, 1.5)
-            norm.bias.uniform_(-0.5, 0.5)
+    model = conv_maml(meta_batch, per_step_batch_norm=True)
+    assert all(norm.weight.shape == norm.bias.shape == (2, 4) for norm in model.norms)
     episode = classification_episode(T=2, N=3, K=2, Q=2, shape=(1, 16, 16))
     model.zero_grad()
     loss, outputs = model.meta_loss(episode)
@@ -158,3 +157,101 @@ def test_per_step_batch_norm_weights_by_hand(meta_batch):
     assert any(expected[k][0].abs().sum() > 0 and expected[k][1].abs().sum() > 0 for k in per_step)  # both sets
     for k, p in model.net.named_parameters():
         assert torch.allclose(p.grad, expected[k], rtol=1e-9, atol=1e-12), k
+
+
+def test_per_step_running_statistics_layer_against_nn_batch_norm():
+    """A MetaBatchNorm with per-step running statistics: using set 2, it computes what nn.BatchNorm2d computes in
+    evaluation mode with set 2 as its running statistics; ``update_running_statistics`` is nn.BatchNorm's momentum
+    rule, set by set."""
+    torch.manual_seed(0)
+    norm = MetaBatchNorm(4).double()
+    norm.per_step_statistics(3)
+    assert norm.running_mean.shape == norm.running_var.shape == (3, 4)
+    statistics = torch.stack([torch.randn(3, 4), torch.rand(3, 4) + 0.5], dim=1).double()  # [S, 2, C]
+    norm.update_running_statistics(statistics)
+    assert torch.allclose(norm.running_mean, 0.1 * statistics[:, 0])
+    assert torch.allclose(norm.running_var, 0.9 + 0.1 * statistics[:, 1])
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    reference = nn.BatchNorm2d(4).double().eval()
+    reference.load_state_dict({"weight": norm.weight, "bias": norm.bias, "running_mean": norm.running_mean[2],
+                               "running_var": norm.running_var[2], "num_batches_tracked": torch.tensor(1)})
+    x = torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    norm.step, norm.use_running = 2, True
+    assert torch.allclose(norm(x), reference(x), rtol=1e-12)
+    assert torch.allclose(norm(x[:1]), reference(x[:1]), rtol=1e-12)  # each example on its own
+
+
+@pytest.mark.parametrize("meta_batch", ["loop", "vmap"])
+def test_per_step_running_statistics_keep_one_set_per_step(meta_batch):
+    """One training step with two inner steps: set 0 of every layer's running statistics moves towards the batch
+    statistics of the support passes at θ_0, set 1 towards those of the support passes at θ_1 and the query passes
+    at θ_2 (the passes using set 1, as for the per-step weights), each averaged over passes and tasks. The inputs of
+    every batch-norm layer come from forward hooks on a hand-written adaptation with torch.autograd.grad."""
+    model = conv_maml(meta_batch, per_step_batch_norm_statistics=True)
+    episode = classification_episode(T=2, N=3, K=2, Q=2, shape=(1, 16, 16))
+    model.meta_loss(episode)
+
+    inputs: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(model.norms))}
+    hooks = [norm.register_forward_hook(lambda m, x, y, i=i: inputs[i].append(x[0].detach()))
+             for i, norm in enumerate(model.norms)]
+    theta = {k: p.detach() for k, p in model.net.named_parameters()}
+    for support, labels, query in zip(episode.support, episode.support_labels, episode.query):
+        params = {k: p.clone().requires_grad_() for k, p in theta.items()}
+        for _ in range(2):
+            loss = nn.functional.cross_entropy(functional_call(model.net, params, (support,)), labels)
+            grads = torch.autograd.grad(loss, list(params.values()))
+            params = {k: (p - 0.3 * g).detach().requires_grad_() for (k, p), g in zip(params.items(), grads)}
+        functional_call(model.net, params, (query,))
+    for hook in hooks:
+        hook.remove()
+
+    def statistics(x: torch.Tensor) -> torch.Tensor:
+        dims = [0, 2, 3]
+        return torch.stack([x.mean(dims), x.var(dims, unbiased=True)])
+
+    for i, norm in enumerate(model.norms):
+        per_task = [inputs[i][3 * t: 3 * t + 3] for t in range(2)]  # support θ_0, support θ_1, query θ_2
+        set0 = sum(statistics(passes[0]) for passes in per_task) / 2
+        set1 = sum((statistics(passes[1]) + statistics(passes[2])) / 2 for passes in per_task) / 2
+        expected = torch.stack([set0, set1])  # [S, 2, C]
+        assert torch.allclose(norm.running_mean, 0.1 * expected[:, 0], rtol=1e-9)
+        assert torch.allclose(norm.running_var, 0.9 + 0.1 * expected[:, 1], rtol=1e-9)
+        assert not torch.allclose(norm.running_mean[0], norm.running_mean[1])
+
+
+@pytest.mark.parametrize("meta_batch", ["loop", "vmap"])
+def test_evaluation_normalises_with_the_running_statistics_of_each_step(meta_batch):
+    """Evaluation with per-step running statistics, three steps past two trained sets: step i's support pass uses
+    set min(i, 1), the query pass after the last step set 1, each example normalised on its own (a query's scores do
+    not depend on the other queries), against a hand-written adaptation that sets each layer's step."""
+    model = conv_maml(meta_batch, per_step_batch_norm_statistics=True, eval_inner_steps=3).eval()
+    with torch.no_grad():
+        for norm in model.norms:
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+    episode = classification_episode(T=2, N=3, K=2, Q=2, shape=(1, 16, 16))
+    scores = model.predict(episode)
+
+    def using(step: int) -> None:
+        for norm in model.norms:
+            norm.step, norm.use_running = step, True
+
+    theta = {k: p.detach() for k, p in model.net.named_parameters()}
+    expected = []
+    for support, labels, query in zip(episode.support, episode.support_labels, episode.query):
+        params = {k: p.clone().requires_grad_() for k, p in theta.items()}
+        for i in range(3):
+            using(min(i, 1))
+            loss = nn.functional.cross_entropy(functional_call(model.net, params, (support,)), labels)
+            grads = torch.autograd.grad(loss, list(params.values()))
+            params = {k: (p - 0.3 * g).detach().requires_grad_() for (k, p), g in zip(params.items(), grads)}
+        using(1)
+        expected.append(functional_call(model.net, params, (query,)).detach())
+    for norm in model.norms:
+        norm.step, norm.use_running = 0, False
+    assert torch.allclose(scores, torch.stack(expected), rtol=1e-9)
+    one_query = episode.__class__(episode.support, episode.support_labels, episode.query[:, :1],
+                                  episode.query_labels[:, :1], episode.n_way)
+    assert torch.allclose(model.predict(one_query), scores[:, :1], rtol=1e-9)

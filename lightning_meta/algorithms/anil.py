@@ -44,9 +44,11 @@ class ANIL(MAML):
 
     def __init__(self, image_shape: tuple[int, ...], n_way: int, nil_testing: bool = False, **kwargs: Any) -> None:
         super().__init__(image_shape, n_way, **kwargs)
-        if self.hparams.per_step_batch_norm or self.hparams.learn_inner_lr:
-            raise ConfigError("ANIL adapts its head alone; model.per_step_batch_norm and model.learn_inner_lr are "
-                              "settings of MAML's whole-network inner loop, not offered for ANIL")
+        if self.hparams.per_step_batch_norm or self.hparams.per_step_batch_norm_statistics or \
+                self.hparams.learn_inner_lr:
+            raise ConfigError("ANIL adapts its head alone; model.per_step_batch_norm, per_step_batch_norm_statistics "
+                              "and learn_inner_lr are settings of MAML's whole-network inner loop, not offered for "
+                              "ANIL")
         if nil_testing and not n_way:
             raise ConfigError("model.nil_testing classifies by the support set's labels; it needs classification "
                               "episodes (model.n_way >= 2), not regression")

@@ -150,7 +150,43 @@ class GradientLearner(MetaLearner):
         support examples, unscaled, would underflow in float16, and the outer loss scaling never reaches it.
         bfloat16 has float32's range, so under ``bf16-mixed`` it runs in bfloat16 like the rest."""
         device = x.device.type
+        grad = torch.func.grad(self.loss_and_statistics, has_aux=True)
         if autocast_dtype(device) == torch.float16:
             with autocast_off(device):
-                return torch.func.grad(self.batch_loss)(params, x.float(), y, f)
-        return torch.func.grad(self.batch_loss)(params, x, y, f)
+                grads, statistics = grad(params, x.float(), y, f)
+        else:
+            grads, statistics = grad(params, x, y, f)
+        self.keep_statistics(statistics)
+        return grads
+
+    def loss_and_statistics(self, params: Params, x: Tensor, y: Tensor,
+                            f: Callable[[Params, Tensor], Tensor] | None = None
+                            ) -> tuple[Tensor, list[dict[int, list[Tensor]]]]:
+        """``batch_loss``, and the batch statistics its batch-norm calls recorded while ``recorded_statistics`` is
+        on (else none): torch.func.grad hands them out as its auxiliary output, since a tensor made inside it must
+        not leave by a side effect."""
+        if not any(norm.record is not None for norm in self.norms):
+            return self.batch_loss(params, x, y, f), []
+        with self.recorded_statistics() as statistics:
+            loss = self.batch_loss(params, x, y, f)
+        return loss, statistics
+
+    @contextmanager
+    def recorded_statistics(self) -> Iterator[list[dict[int, list[Tensor]]]]:
+        """The batch statistics of every batch-norm call while inside: per layer, step -> [mean, variance] of each
+        call (:class:`MetaBatchNorm` ``record``)."""
+        saved = [norm.record for norm in self.norms]
+        statistics: list[dict[int, list[Tensor]]] = [{} for _ in self.norms]
+        for norm, record in zip(self.norms, statistics):
+            norm.record = record
+        try:
+            yield statistics
+        finally:
+            for norm, record in zip(self.norms, saved):
+                norm.record = record
+
+    def keep_statistics(self, statistics: list[dict[int, list[Tensor]]]) -> None:
+        """Adds statistics recorded inside a transform to the records of the enclosing ``recorded_statistics``."""
+        for norm, record in zip(self.norms, statistics):
+            for step, calls in record.items():
+                norm.record.setdefault(step, []).extend(calls)

@@ -11,13 +11,15 @@ MAML++ (Antoniou, Edwards & Storkey, "How to train your MAML", ICLR 2019) is a s
 usable on its own: the multi-step loss Σ_i v_i L^query(f_θ_i) over the parameters θ_i after every inner step i,
 with weights v_i annealed towards the last step (``multi_step_loss_epochs``); derivative-order annealing, first
 order for the first epochs (``first_order_epochs``); learned per-layer per-step inner learning rates α_{l,i}
-(``learn_inner_lr``); per-step batch-norm weights and biases (``per_step_batch_norm``); and cosine annealing of
-the outer learning rate (``lr_anneal: cosine``, see MetaLearner).
+(``learn_inner_lr``); per-step batch-norm weights and biases (``per_step_batch_norm``); per-step batch-norm
+running statistics, used when evaluating (``per_step_batch_norm_statistics``); and cosine annealing of the outer
+learning rate (``lr_anneal: cosine``, see MetaLearner).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any, Literal
 
@@ -59,6 +61,10 @@ class MAML(GradientLearner, InnerStepPictures):
         per_step_batch_norm: MAML++'s BNWB: every batch-norm layer has a weight and a bias per inner step, learned
             by the outer loop only (as in the authors' code); step i's support pass and the query pass after it use
             set i (evaluation steps past the last use the last set).
+        per_step_batch_norm_statistics: MAML++'s BNRS: every batch-norm layer keeps running means and variances per
+            inner step, set i moved (momentum 0.1) once a training step towards the mean over the meta-batch's
+            tasks of the batch statistics of the passes that use set i (as for the weights); evaluation normalises
+            with them, so each query is classified on its own, in place of the batch's statistics.
         meta_batch: ``vmap`` runs the tasks of a meta-batch as one vectorised computation (``torch.func.vmap``),
             ``loop`` one after another; both compute the same numbers. vmap is faster where one task's work is
             small (few, small images), loop where it is large (docs/algorithms.md gives the rule measured).
@@ -83,6 +89,7 @@ class MAML(GradientLearner, InnerStepPictures):
         multi_step_loss_epochs: int = 0,
         learn_inner_lr: bool = False,
         per_step_batch_norm: bool = False,
+        per_step_batch_norm_statistics: bool = False,
         meta_batch: Literal["vmap", "loop"] = "vmap",
         batch_norm: Literal["transductive", "support"] = "transductive",
         **kwargs: Any,
@@ -102,14 +109,16 @@ class MAML(GradientLearner, InnerStepPictures):
         if learn_inner_lr and (eval_inner_lr is not None or inner_steps < 1):
             raise ConfigError("model.learn_inner_lr learns the step sizes of inner_steps (>= 1) training steps and "
                               "evaluates with them; remove model.eval_inner_lr")
-        if per_step_batch_norm and (inner_steps < 1 or not self.norms):
-            raise ConfigError("model.per_step_batch_norm needs inner_steps >= 1 and a backbone with batch norm")
+        if (per_step_batch_norm or per_step_batch_norm_statistics) and (inner_steps < 1 or not self.norms):
+            raise ConfigError("model.per_step_batch_norm and per_step_batch_norm_statistics need inner_steps >= 1 "
+                              "and a backbone with batch norm")
         self.outer_only: set[str] = set()  # parameters the inner loop leaves as they are
-        if per_step_batch_norm:
-            for name, module in self.net.named_modules():
-                if module in self.norms:
-                    module.per_step(inner_steps)
-                    self.outer_only |= {f"{name}.{k}" for k, _ in module.named_parameters(recurse=False)}
+        for name, module in self.net.named_modules():
+            if module in self.norms and per_step_batch_norm:
+                module.per_step(inner_steps)
+                self.outer_only |= {f"{name}.{k}" for k, _ in module.named_parameters(recurse=False)}
+            if module in self.norms and per_step_batch_norm_statistics:
+                module.per_step_statistics(inner_steps)
         if learn_inner_lr:  # α_{l,i}, one per parameter tensor l of θ and inner step i
             adapted = [name for name in self.meta_parameters() if name not in self.outer_only]
             self.inner_lrs = nn.ParameterList(torch.full((inner_steps,), float(inner_lr)) for _ in adapted)
@@ -123,14 +132,17 @@ class MAML(GradientLearner, InnerStepPictures):
         """θ_1, ..., θ_steps of one task, θ_{i+1} = θ_i − α ∇_θ L^support(f_θ_i) (``f``: f_θ unless given)."""
         for step in range(steps):
             at = {k: p.detach() for k, p in theta.items()} if first_order else theta
-            with self.batch_norm_settings(step=self.norm_step(step)):
+            with self.at_step(step):
                 grads = self.inner_grad(at, support, support_labels, f)  # differentiable in θ
             theta = self.inner_update(theta, grads, alpha, step)
             yield theta
 
-    def norm_step(self, step: int) -> int:
-        """The set of per-step batch-norm weights that inner step ``step`` (and the query pass after it) uses."""
-        return min(max(step, 0), self.train_adaptation[0] - 1) if self.hparams.per_step_batch_norm else 0
+    def at_step(self, step: int) -> AbstractContextManager[None]:
+        """Batch norm with the per-step weights and statistics of inner step ``step`` (and of the query pass after
+        it): set ``step``, the last set past the last training step; nothing to set without per-step batch norm."""
+        if not (self.hparams.per_step_batch_norm or self.hparams.per_step_batch_norm_statistics):
+            return nullcontext()
+        return self.batch_norm_settings(step=min(max(step, 0), self.train_adaptation[0] - 1))
 
     def adapt(self, theta: Params, support: Tensor, support_labels: Tensor, steps: int, alpha: float,
               first_order: bool, f: Callable[[Params, Tensor], Tensor] | None = None) -> Params:
@@ -143,9 +155,11 @@ class MAML(GradientLearner, InnerStepPictures):
         """Inner step ``step`` from θ with gradient ∇: θ − α ∇, with the learned α_{l,step} of each parameter
         tensor l under ``learn_inner_lr`` (Meta-SGD learns its own α)."""
         i = min(step, self.train_adaptation[0] - 1)
-        return {k: p if k in self.outer_only else p - (self.inner_lrs[self.inner_lr_of[k]][i]
-                                                        if self.hparams.learn_inner_lr else alpha) * grads[k]
-                for k, p in theta.items()}
+        if self.hparams.learn_inner_lr:
+            rates = {k: self.inner_lrs[j][i] for k, j in self.inner_lr_of.items()}  # α_{l,i}
+        else:
+            rates = dict.fromkeys(theta, alpha)
+        return {k: p if k in self.outer_only else p - rates[k] * grads[k] for k, p in theta.items()}
 
     def adapted_outputs(self, theta: Params, support: Tensor, support_labels: Tensor, query: Tensor, steps: int,
                         alpha: float, first_order: bool, every_step: bool = False) -> Tensor:
@@ -154,22 +168,40 @@ class MAML(GradientLearner, InnerStepPictures):
         if every_step:
             outputs = []
             for i, theta_i in enumerate(self.adaptation(theta, support, support_labels, steps, alpha, first_order)):
-                with self.batch_norm_settings(step=self.norm_step(i)):
+                with self.at_step(i):
                     outputs.append(self.query_outputs(theta_i, support, query))
             return torch.stack(outputs)
         theta_prime = self.adapt(theta, support, support_labels, steps, alpha, first_order)
-        with self.batch_norm_settings(step=self.norm_step(steps - 1)):
+        with self.at_step(steps - 1):
             return self.query_outputs(theta_prime, support, query)
 
     def run_tasks(self, theta: Params, episode: Episode, steps: int, alpha: float, first_order: bool,
-                  every_step: bool = False) -> Tensor:
-        """f_θ'_τ(query_τ) for every task τ of the meta-batch, [T, NQ, N] (``every_step``: [T, steps, NQ, N])."""
-        task = partial(self.adapted_outputs, theta, steps=steps, alpha=alpha, first_order=first_order,
-                       every_step=every_step)
+                  every_step: bool = False, update_statistics: bool = False) -> Tensor:
+        """f_θ'_τ(query_τ) for every task τ of the meta-batch, [T, NQ, N] (``every_step``: [T, steps, NQ, N]).
+        ``update_statistics``: move the per-step running statistics towards those of these tasks' passes."""
+        task = partial(self.task_outputs, theta, steps=steps, alpha=alpha, first_order=first_order,
+                       every_step=every_step, record=update_statistics)
         with self.first_derivatives_only(first_order):
             if self.hparams.meta_batch == "vmap":
-                return torch.func.vmap(task)(episode.support, episode.support_labels, episode.query)
-            return torch.stack([task(*t) for t in zip(episode.support, episode.support_labels, episode.query)])
+                outputs, statistics = torch.func.vmap(task)(episode.support, episode.support_labels, episode.query)
+            else:
+                tasks = [task(*t) for t in zip(episode.support, episode.support_labels, episode.query)]
+                outputs = torch.stack([outputs for outputs, _ in tasks])
+                statistics = [torch.stack(layer) for layer in zip(*(statistics for _, statistics in tasks))]
+        for norm, layer in zip(self.norms, statistics):  # layer: [T, S, 2, C]
+            norm.update_running_statistics(layer.mean(0))
+        return outputs
+
+    def task_outputs(self, theta: Params, support: Tensor, support_labels: Tensor, query: Tensor, record: bool,
+                     **adaptation: Any) -> tuple[Tensor, list[Tensor]]:
+        """``adapted_outputs`` of one task, and with ``record`` the batch statistics of its passes: per layer
+        [S, 2, C], the mean over the passes that used each set of per-step statistics (else none)."""
+        if not record:
+            return self.adapted_outputs(theta, support, support_labels, query, **adaptation), []
+        with self.recorded_statistics() as statistics:
+            outputs = self.adapted_outputs(theta, support, support_labels, query, **adaptation)
+        S = self.train_adaptation[0]
+        return outputs, [torch.stack([torch.stack(layer[i]).mean(0) for i in range(S)]) for layer in statistics]
 
     def step_weights(self) -> list[float] | None:
         """MAML++'s multi-step loss weights v_1..v_S at the current epoch e, as in the authors' code: each starts at
@@ -187,7 +219,8 @@ class MAML(GradientLearner, InnerStepPictures):
         first_order = self.hparams.first_order or self.current_epoch < self.hparams.first_order_epochs
         weights = self.step_weights()
         outputs = self.run_tasks(self.meta_parameters(), episode, steps, alpha, first_order,
-                                 every_step=weights is not None)
+                                 every_step=weights is not None,
+                                 update_statistics=self.hparams.per_step_batch_norm_statistics and self.training)
         labels = episode.query_labels.flatten(0, 1)
         if weights is None:
             return self.loss(outputs.flatten(0, 1), labels), outputs  # mean_τ L_τ^query(f_θ'_τ)
@@ -200,7 +233,8 @@ class MAML(GradientLearner, InnerStepPictures):
     def predict_after(self, episode: Episode, steps: int) -> Tensor:
         """Query predictions after ``steps`` inner steps at the evaluation step size (θ itself is never changed)."""
         theta = {k: p.detach() for k, p in self.meta_parameters().items()}
-        return self.run_tasks(theta, episode, steps, self.eval_adaptation[1], first_order=True)
+        with self.batch_norm_settings(use_running=self.hparams.per_step_batch_norm_statistics):
+            return self.run_tasks(theta, episode, steps, self.eval_adaptation[1], first_order=True)
 
     @property
     def eval_steps(self) -> int:

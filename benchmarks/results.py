@@ -328,8 +328,9 @@ def run_fields(run: Path, config: str, settings: list[str], fit_out: str, test_m
         "split": split, "settings": list(settings), "train_seed": settings_of.get("seed_everything"),
         "eval_seed": data.get("eval_seed"), "precision": settings_of["trainer"].get("precision") or "32-true",
         "batch_norm": model.get("batch_norm", "none"),  # "none": the algorithm has no such setting
-        "train_shape": {"ways": data.get("n_way"), "shots": data.get("k_shot"), "queries": data.get("n_query"),
-                        "tasks": data.get("tasks_per_batch", 1)},
+        "train_shape": ({"labelled_batch": data.get("batch_size")} if data.get("train_batches") == "labelled" else
+                        {"ways": data.get("n_way"), "shots": data.get("k_shot"), "queries": data.get("n_query"),
+                         "tasks": data.get("tasks_per_batch", 1)}),
         "steps": last["global_step"],
         "minutes": {"train": timed(fit_out, "training minutes"), "validation": timed(fit_out, "validation minutes"),
                     "test": test_minutes},
@@ -771,8 +772,10 @@ def table_section(table: list[dict]) -> list[str]:
 
 
 def trained_on(r: dict) -> str:
-    """The episode shape a record's model was trained on."""
+    """The episode shape a record's model was trained on (or the size of its labelled batches)."""
     shape = r["train_shape"]
+    if "labelled_batch" in shape:
+        return f"labelled batches of {shape['labelled_batch']}"
     tasks = f", {shape['tasks']} tasks per step" if shape.get("tasks", 1) > 1 else ""
     queries = f"{shape['queries']} {'query' if shape['queries'] == 1 else 'queries'}"
     return f"{shape['ways']}-way {shape['shots']}-shot, {queries}{tasks}"

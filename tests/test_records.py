@@ -9,6 +9,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -234,3 +236,22 @@ def test_the_training_clock_leaves_validation_out_of_the_budget(monkeypatch, cap
     clock.on_train_end(trainer, None)
     out = capsys.readouterr().out
     assert f"timed: {61 / 60:.6f} training minutes" in out and f"timed: {70 / 60:.6f} validation minutes" in out
+
+
+@pytest.mark.parametrize("train_batches, shape, shown", [
+    ("labelled", {"labelled_batch": 64}, "labelled batches of 64"),
+    ("episodes", {"ways": 5, "shots": 1, "queries": 15, "tasks": 1}, "5-way 1-shot, 15 queries"),
+])
+def test_a_record_names_what_its_model_was_trained_on(tmp_path, train_batches, shape, shown):
+    """A pretrain-and-evaluate config trains on labelled batches of the training classes, not on its n_way /
+    k_shot episodes (those are its validation and test episodes): its record says so, and the table shows it."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    data = {"train_batches": train_batches, "batch_size": 64, "n_way": 5, "k_shot": 1, "n_query": 15}
+    (run / "config.yaml").write_text(yaml.safe_dump({"seed_everything": 0, "trainer": {}, "model": {},
+                                                     "data": {"init_args": data}}))
+    torch.save({"global_step": 10}, run / "checkpoints" / "last.ckpt")
+    fields = results.run_fields(run, "baseline.yaml", [], "test/acc 90.00 ± 1.00  (omniglot/vinyals, 5-way 1-shot)",
+                                0.5)
+    assert fields["train_shape"] == shape
+    assert results.trained_on(fields) == shown

@@ -221,7 +221,9 @@ def test_predict_follows_the_papers_equations_query_by_query(generators, dtype, 
     # float32: the gradient of s, about 1.5e-5, is a difference of far larger terms and comes within 0.6%
     # (float32 arithmetic: the model's, or the coordinate-wise generators' inside a float64 model)
     exact = dtype == torch.float64 and generators == "reference"
-    rtol, atol, grad_tol = (1e-10, 1e-12, 1e-10) if exact else (1e-4, 1e-5, 1e-2)
+    # float32: 1% of each gradient, and 1e-6 besides for gradients (the learned scale's, about 1e-5) that are sums of
+    # larger terms cancelling, whose float32 rounding (about 1e-7 of the terms) is not relative to the small sum
+    rtol, atol, grad_tol, grad_atol = (1e-10, 1e-12, 1e-10, 0.0) if exact else (1e-4, 1e-5, 1e-2, 1e-6)
     assert got.shape == (2, 6, 3)
     assert torch.allclose(got.double(), expected, rtol=rtol, atol=atol)
     loss = F.cross_entropy(got.flatten(0, 1), e.query_labels.flatten())
@@ -231,7 +233,7 @@ def test_predict_follows_the_papers_equations_query_by_query(generators, dtype, 
     expected_grads = torch.autograd.grad(expected_loss, [p for k, p in reference.named_parameters() if k in names])
     for name, a, b in zip(names, grads, expected_grads, strict=True):
         assert b.abs().max() > 1e-5, name  # every parameter is reached
-        assert (a.double() - b).abs().max() <= grad_tol * b.abs().max(), name
+        assert (a.double() - b).abs().max() <= grad_tol * b.abs().max() + grad_atol, name
     # the check is not blind to the fast weights or to the attention
     slow_only = reference.b.logits(dict(reference.b.weights), e64.query.flatten(0, 1))[:, :3].unflatten(0, (2, 6))
     assert (expected - slow_only).abs().max() > 0.5 * expected.abs().max()

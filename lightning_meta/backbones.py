@@ -400,20 +400,20 @@ class MetaBatchNorm(nn.Module):
         weight, bias = self.weight, self.bias
         if weight.dim() == 2:  # per step: this step's set
             weight, bias = weight[self.step], bias[self.step]
-        dims = [0, *range(2, x.dim())]
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        ref = x if self.reference is None else x[: self.reference]
         if self.use_running:
             mean, var = self.running_mean[self.step].view(shape), self.running_var[self.step].view(shape)
             return (x - mean) * torch.rsqrt(var + self.eps) * weight.view(shape) + bias.view(shape)
+        dims = [0, *range(2, x.dim())]
+        ref = x if self.reference is None else x[: self.reference]
         if self.record is not None:
             at_least_float32 = ref.detach().to(torch.promote_types(ref.dtype, torch.float32))  # under autocast
             var, mean = torch.var_mean(at_least_float32, dims, correction=1)  # [C]
             self.record.setdefault(self.step, []).append(torch.stack([mean, var]))
-        if not self.native_kernel_applies(x):
-            var, mean = torch.var_mean(ref, dims, correction=0, keepdim=True)  # [1, C, 1, ...]
-            return (x - mean) * torch.rsqrt(var + self.eps) * weight.view(shape) + bias.view(shape)
-        return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
+        if self.native_kernel_applies(x):
+            return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
+        var, mean = torch.var_mean(ref, dims, correction=0, keepdim=True)  # [1, C, 1, ...]
+        return (x - mean) * torch.rsqrt(var + self.eps) * weight.view(shape) + bias.view(shape)
 
     def native_kernel_applies(self, x: Tensor) -> bool:
         """Whether the speed-up computes this call: first derivatives only, statistics of the whole batch, the

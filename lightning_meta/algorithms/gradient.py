@@ -61,6 +61,7 @@ class GradientLearner(MetaLearner):
             dim = features(torch.zeros(2, *image_shape)).shape[-1]
         self.net = with_meta_batch_norm(nn.Sequential(features, nn.Linear(dim, n_way or 1)))
         self.norms = [m for m in self.net.modules() if isinstance(m, MetaBatchNorm)]
+        self.recording = False  # inside ``recorded_statistics``
 
     def validate_setup(self, data: Any, inference_mode: bool, max_steps: int) -> None:
         super().validate_setup(data, inference_mode, max_steps)
@@ -165,7 +166,7 @@ class GradientLearner(MetaLearner):
         """``batch_loss``, and the batch statistics its batch-norm calls recorded while ``recorded_statistics`` is
         on (else none): torch.func.grad hands them out as its auxiliary output, since a tensor made inside it must
         not leave by a side effect."""
-        if not any(norm.record is not None for norm in self.norms):
+        if not self.recording:
             return self.batch_loss(params, x, y, f), []
         with self.recorded_statistics() as statistics:
             loss = self.batch_loss(params, x, y, f)
@@ -175,15 +176,17 @@ class GradientLearner(MetaLearner):
     def recorded_statistics(self) -> Iterator[list[dict[int, list[Tensor]]]]:
         """The batch statistics of every batch-norm call while inside: per layer, step -> [mean, variance] of each
         call (:class:`MetaBatchNorm` ``record``)."""
-        saved = [norm.record for norm in self.norms]
+        saved, recording = [norm.record for norm in self.norms], self.recording
         statistics: list[dict[int, list[Tensor]]] = [{} for _ in self.norms]
         for norm, record in zip(self.norms, statistics):
             norm.record = record
+        self.recording = True
         try:
             yield statistics
         finally:
             for norm, record in zip(self.norms, saved):
                 norm.record = record
+            self.recording = recording
 
     def keep_statistics(self, statistics: list[dict[int, list[Tensor]]]) -> None:
         """Adds statistics recorded inside a transform to the records of the enclosing ``recorded_statistics``."""

@@ -144,6 +144,12 @@ class MAML(GradientLearner, InnerStepPictures):
             return nullcontext()
         return self.batch_norm_settings(step=min(max(step, 0), self.train_adaptation[0] - 1))
 
+    def running_statistics(self) -> AbstractContextManager[None]:
+        """Batch norm on the per-step running statistics, as MAML++ evaluates; nothing to set without them."""
+        if not self.hparams.per_step_batch_norm_statistics:
+            return nullcontext()
+        return self.batch_norm_settings(use_running=True)
+
     def adapt(self, theta: Params, support: Tensor, support_labels: Tensor, steps: int, alpha: float,
               first_order: bool, f: Callable[[Params, Tensor], Tensor] | None = None) -> Params:
         """θ' after ``steps`` steps on one task (see ``adaptation``)."""
@@ -233,7 +239,7 @@ class MAML(GradientLearner, InnerStepPictures):
     def predict_after(self, episode: Episode, steps: int) -> Tensor:
         """Query predictions after ``steps`` inner steps at the evaluation step size (θ itself is never changed)."""
         theta = {k: p.detach() for k, p in self.meta_parameters().items()}
-        with self.batch_norm_settings(use_running=self.hparams.per_step_batch_norm_statistics):
+        with self.running_statistics():
             return self.run_tasks(theta, episode, steps, self.eval_adaptation[1], first_order=True)
 
     @property

@@ -218,11 +218,10 @@ def test_predict_follows_the_papers_equations_query_by_query(generators, dtype, 
     e = Episode(e64.support.to(dtype), e64.support_labels, e64.query.to(dtype), e64.query_labels, e64.n_way)
     got = model.predict(e)
     expected, attention = paper_predictions(reference, e64)
-    # float32: the gradient of s, about 1.5e-5, is a difference of far larger terms and comes within 0.6%
-    # (float32 arithmetic: the model's, or the coordinate-wise generators' inside a float64 model)
+    # float32 arithmetic (the model's, or the coordinate-wise generators' inside a float64 model): 1% of each
+    # gradient, and 1e-6 besides for the learned scale s's, about 1.5e-5, a sum of far larger cancelling terms whose
+    # float32 rounding (about 1e-7 of the terms) is not relative to the small sum
     exact = dtype == torch.float64 and generators == "reference"
-    # float32: 1% of each gradient, and 1e-6 besides for gradients (the learned scale's, about 1e-5) that are sums of
-    # larger terms cancelling, whose float32 rounding (about 1e-7 of the terms) is not relative to the small sum
     rtol, atol, grad_tol, grad_atol = (1e-10, 1e-12, 1e-10, 0.0) if exact else (1e-4, 1e-5, 1e-2, 1e-6)
     assert got.shape == (2, 6, 3)
     assert torch.allclose(got.double(), expected, rtol=rtol, atol=atol)
